@@ -1,0 +1,1 @@
+"""Model definitions. Importing `memformers.models.membart` registers MemBART with the transformers Auto classes."""
