@@ -608,7 +608,8 @@ class MemBartForConditionalGeneration(MemBartPreTrainedModel, GenerationMixin):
 
         if not isinstance(bart, BartForConditionalGeneration):
             bart = BartForConditionalGeneration.from_pretrained(bart)
-        config = MemBartConfig(**{**bart.config.to_dict(), "memory_len": memory_len, **config_overrides})
+        bart_fields = {k: v for k, v in bart.config.to_dict().items() if k not in ("model_type", "architectures")}
+        config = MemBartConfig(**{**bart_fields, "memory_len": memory_len, **config_overrides})
         config.architectures = [cls.__name__]
         membart = cls(config).to(dtype=bart.dtype)
 
@@ -623,7 +624,7 @@ class MemBartForConditionalGeneration(MemBartPreTrainedModel, GenerationMixin):
                     state[f"{prefix}{memory_name}.{tensor}"] = bart_state[f"{prefix}{name}.{tensor}"].clone()
         own = membart.state_dict()
         missing = sorted(set(own) - set(state))
-        expected_new = {k for k in missing if k.startswith(("model.encoder.memory_", ))}
+        expected_new = {k for k in missing if k.startswith("model.encoder.memory_")}
         if set(missing) != expected_new:
             raise RuntimeError(f"from_bart: BART weights missing for {sorted(set(missing) - expected_new)}")
         unexpected = sorted(set(state) - set(own))
