@@ -1,0 +1,280 @@
+"""The one pretraining config: YAML file + dotted overrides → a validated, typed `PretrainConfig`.
+
+Every component reads its section of this object; nothing else reads YAML. Validation happens once, at start:
+an unknown or mistyped key names the key, its section's valid keys and the closest match; a wrong type or a value
+outside its choices names the key and what is accepted. Cross-checks that need the DeepSpeed JSON, the corpus
+manifest or the world size live in `validate_against(...)`, called by the engine once those are known.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from memformers.noising import DenoisingConfig
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as what to change."""
+
+
+@dataclass
+class ModelSection:
+    preset: str = "tiny"
+    """Size preset (`tiny`, `membart-base`, `membart-large`) used when `init_from` is not set."""
+    init_from: str | None = None
+    """Optional directory of a pretrained BART (converted with `from_bart`) or MemBART to start from."""
+    memory_len: int | None = None
+    """Memory slots; overrides the preset's (a MemBART `init_from` keeps its own)."""
+    dropout: float | None = None
+    """Overrides the preset's dropout."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer in backward (less activation memory, one more forward)."""
+
+
+@dataclass
+class DataSection:
+    path: str = ""
+    """A SHARD_DIR written by `data_prep/shard_documents.py` (its manifest fixes the segment length and tokenizer)."""
+    lanes: int = 4
+    """Document streams per rank: the micro batch. Each lane carries its own memory."""
+    prefetch: int = 8
+    """Batches prepared ahead in the loader's background thread."""
+
+
+@dataclass
+class TrainSection:
+    max_steps: int = 100
+    """Optimizer steps to run."""
+    time_horizon: int = 4
+    """T: consecutive segments per lane in one rollout; gradients flow through the memory across them."""
+    rollouts_per_step: int = 1
+    """Gradient accumulation: rollouts (of T segments each) per optimizer step."""
+    memory_replay: bool = False
+    """Memformer's memory replay back-propagation: keep only the memories between segments, recompute each
+    segment in backward (peak activation memory of one segment, for one extra forward)."""
+    loss_weighting: Literal["uniform", "exponential"] = "uniform"
+    """How segment losses of a rollout are combined: equally, or the reference's weights 2^t / sum(2^t)."""
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    """The schedule decays to lr * min_lr_ratio."""
+    warmup_steps: int = 100
+    lr_schedule: Literal["linear", "cosine"] = "linear"
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay (not applied to biases, norms, embeddings of positions or the memory bias)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    grad_clip: float = 1.0
+    epochs: int | None = None
+    """Stop after this many passes over the training split (None: cycle until max_steps)."""
+    max_nonfinite_steps: int = 5
+    """Stop the run after this many consecutive skipped (non-finite) steps."""
+
+
+@dataclass
+class EvalSection:
+    every_steps: int = 0
+    """Evaluate on the val split every N steps (0: only at the end)."""
+    max_batches: int | None = None
+    """Cap on val batches per evaluation (None: the whole split)."""
+    positions: int = 8
+    """Loss is reported per segment position 0..positions-1 (the last bucket includes later positions)."""
+
+
+@dataclass
+class CheckpointSection:
+    every_steps: int = 500
+    keep: int = 3
+    """Newest checkpoints kept under RUN_DIR/checkpoints (older ones are deleted)."""
+
+
+@dataclass
+class LoggingSection:
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    """auto: online if WANDB_API_KEY or WANDB_MODE=online is set, else offline (synced later with `wandb sync`)."""
+    wandb_project: str = "memformers"
+    wandb_name: str | None = None
+    progress_bar: bool = True
+    peak_tflops: float | None = None
+    """Per-device peak for the MFU estimate; None: looked up from the accelerator (CUDA), else MFU is not logged."""
+
+
+@dataclass
+class PretrainConfig:
+    run_dir: str = ""
+    """Everything of the run: resolved config, metrics.jsonl, checkpoints/. An existing run_dir resumes."""
+    seed: int = 1234
+    deepspeed: str = "ds_configs/zero2.json"
+    """DeepSpeed JSON (ZeRO stage, precision). Batch sizes, optimizer, scheduler and clipping are filled in from
+    this config; set them here, not there."""
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    noise: DenoisingConfig = field(default_factory=DenoisingConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ------------------------------------------------------------------------------------------------ parse and validate
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> PretrainConfig:
+    """Read `path` (YAML), apply `key.sub=value` overrides (values parsed as YAML), validate, return the config."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} is not of the form section.key=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node[leaf] = yaml.safe_load(value) if value != "" else None
+    config = _build(PretrainConfig, raw, "")
+    _check_values(config)
+    return config
+
+
+def _build(cls: type, raw: Any, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"unknown config key {where + str(key)!r}.{hint} Valid keys in "
+                f"{where.rstrip('.') or 'the top level'}: {', '.join(fields)}"
+            )
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(hints[name], value, where + name)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str):
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_values(cfg: PretrainConfig) -> None:
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            raise ConfigError(message)
+
+    need(bool(cfg.run_dir), "run_dir is required: the directory for this run's checkpoints and metrics")
+    need(bool(cfg.data.path), "data.path is required: a SHARD_DIR made by data_prep/shard_documents.py")
+    need(cfg.data.lanes >= 1, f"data.lanes must be >= 1 (got {cfg.data.lanes})")
+    need(cfg.train.max_steps >= 1, f"train.max_steps must be >= 1 (got {cfg.train.max_steps})")
+    need(cfg.train.time_horizon >= 1, f"train.time_horizon must be >= 1 (got {cfg.train.time_horizon})")
+    need(cfg.train.rollouts_per_step >= 1, f"train.rollouts_per_step must be >= 1 (got {cfg.train.rollouts_per_step})")
+    need(cfg.train.lr > 0, f"train.lr must be > 0 (got {cfg.train.lr})")
+    need(0 <= cfg.train.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1] (got {cfg.train.min_lr_ratio})")
+    need(cfg.train.warmup_steps >= 0, "train.warmup_steps must be >= 0")
+    need(len(cfg.train.betas) == 2, f"train.betas must be two numbers (got {cfg.train.betas})")
+    need(cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps must be >= 1")
+    need(cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1 (the newest checkpoint is what a resume needs)")
+    need(cfg.eval.every_steps >= 0, "eval.every_steps must be >= 0 (0: evaluate only at the end)")
+    need(cfg.eval.positions >= 1, "eval.positions must be >= 1")
+    try:
+        cfg.noise.validate()
+    except ValueError as error:
+        raise ConfigError(f"noise: {error}") from None
+
+
+# Keys the DeepSpeed JSON must not set, because this config owns them: (ds key, what to set instead)
+_OWNED_DS_KEYS = {
+    "optimizer": "train.lr / train.betas / train.eps / train.weight_decay",
+    "scheduler": "train.warmup_steps / train.lr_schedule / train.min_lr_ratio",
+    "gradient_clipping": "train.grad_clip",
+}
+
+
+def deepspeed_config(cfg: PretrainConfig, ds_json: dict[str, Any], world_size: int, on_cpu: bool) -> dict[str, Any]:
+    """The DeepSpeed config dict: the JSON's ZeRO/precision settings, plus batch sizes, optimizer and clipping
+    from `cfg`. Batch keys in the JSON must agree with `cfg` (an error says what to change)."""
+    where = cfg.deepspeed
+    for key, instead in _OWNED_DS_KEYS.items():
+        if key in ds_json:
+            raise ConfigError(f"{where}: remove {key!r}; the pretraining config sets it ({instead})")
+    expected = {
+        "train_micro_batch_size_per_gpu": cfg.data.lanes,
+        "gradient_accumulation_steps": cfg.train.rollouts_per_step,
+        "train_batch_size": cfg.data.lanes * cfg.train.rollouts_per_step * world_size,
+    }
+    names = {"train_micro_batch_size_per_gpu": "data.lanes", "gradient_accumulation_steps": "train.rollouts_per_step",
+             "train_batch_size": "data.lanes × train.rollouts_per_step × world size"}
+    for key, value in expected.items():
+        if key in ds_json and ds_json[key] not in ("auto", value):
+            raise ConfigError(
+                f"{where}: {key}={ds_json[key]} does not match {names[key]} = {value}. Set it to \"auto\" (or "
+                f"remove it) and choose the batch with data.lanes / train.rollouts_per_step."
+            )
+    if ds_json.get("fp16", {}).get("enabled") and ds_json.get("bf16", {}).get("enabled"):
+        raise ConfigError(f"{where}: enable at most one of fp16 and bf16")
+    ds = {k: v for k, v in ds_json.items() if k not in expected}
+    ds.update(expected)
+    ds["gradient_clipping"] = cfg.train.grad_clip
+    ds["optimizer"] = {
+        "type": "AdamW",
+        "params": {
+            "lr": cfg.train.lr,
+            "betas": list(cfg.train.betas),
+            "eps": cfg.train.eps,
+            "weight_decay": cfg.train.weight_decay,
+            # DeepSpeed's fused Adam is a CUDA kernel; on CPU the torch implementation is the right one
+            **({"torch_adam": True} if on_cpu else {}),
+        },
+    }
+    ds.setdefault("steps_per_print", 10**9)  # our logger reports; keep DeepSpeed's quiet
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds

@@ -1,0 +1,114 @@
+"""Process group, device and RNG handling: the one place that knows about accelerators and backends.
+
+Ranks come from the environment, whichever launcher set it: `deepspeed`/`torchrun` (RANK, WORLD_SIZE, LOCAL_RANK)
+or `srun` alone (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID). The accelerator is DeepSpeed's: CUDA with nccl on GPU
+machines, the CPU with gloo under `DS_ACCELERATOR=cpu`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return default
+
+
+def init_runtime() -> Runtime:
+    """Join the process group (a group of one for plain `python`) and pick this rank's device."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    rank = _env_int("RANK", "SLURM_PROCID", default=0)
+    world_size = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(local_rank))
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+
+    accelerator = get_accelerator()
+    if accelerator.device_name() != "cpu":
+        accelerator.set_device(local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False)
+    return Runtime(rank, local_rank, world_size, torch.device(accelerator.device_name(local_rank)))
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In-place all-reduce across ranks (a no-op without a process group)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+    return tensor
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on every rank: the model must initialise identically everywhere (DeepSpeed broadcasts anyway)."""
+    from deepspeed.accelerator import get_accelerator
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    get_accelerator().manual_seed_all(seed)
+
+
+def rng_state() -> dict:
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "accelerator": accelerator.get_rng_state() if accelerator.device_name() != "cpu" else None,
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    from deepspeed.accelerator import get_accelerator
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["accelerator"] is not None:
+        get_accelerator().set_rng_state(state["accelerator"])
+
+
+# Dense bf16 peak per device, for the MFU estimate (from the vendors' data sheets, dense, no sparsity).
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "V100": 125.0}
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((tf for key, tf in PEAK_TFLOPS.items() if key in name), None)

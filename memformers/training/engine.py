@@ -1,0 +1,126 @@
+"""Building the model and the DeepSpeed engine from the config."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from memformers.models.membart import MemBartForConditionalGeneration, load_preset
+
+from .config import ConfigError, PretrainConfig, deepspeed_config
+from .distributed import Runtime
+
+# The noiser can insert <mask> tokens (insert_ratio): keep headroom beyond <s> + L + </s> in the position table.
+POSITION_HEADROOM = 2
+
+
+def build_model(cfg: PretrainConfig, *, tokenizer_size: int, special_ids: dict[str, int],
+                segment_length: int) -> MemBartForConditionalGeneration:
+    """The model to train: a preset sized for the tokenizer, or `model.init_from` (a MemBART, or a BART converted
+    with fresh memory). Checks that the model can read this corpus (vocab, positions)."""
+    overrides = {} if cfg.model.dropout is None else {"dropout": cfg.model.dropout}
+    if cfg.model.init_from:
+        source = Path(cfg.model.init_from)
+        config_file = source / "config.json"
+        if not config_file.is_file():
+            raise ConfigError(f"model.init_from={source}: no config.json there (a BART or MemBART directory)")
+        if "memory_len" in json.loads(config_file.read_text()):
+            model = MemBartForConditionalGeneration.from_pretrained(source, **overrides)
+        else:
+            memory_len = cfg.model.memory_len or load_preset(cfg.model.preset).memory_len
+            model = MemBartForConditionalGeneration.from_bart(str(source), memory_len=memory_len, **overrides)
+    else:
+        if cfg.model.memory_len is not None:
+            overrides["memory_len"] = cfg.model.memory_len
+        vocab_size = 8 * math.ceil(tokenizer_size / 8)  # multiple of 8: tensor-core friendly
+        config = load_preset(
+            cfg.model.preset, vocab_size=vocab_size, pad_token_id=special_ids["pad"], bos_token_id=special_ids["bos"],
+            eos_token_id=special_ids["eos"], decoder_start_token_id=special_ids["eos"],
+            forced_eos_token_id=special_ids["eos"], **overrides,
+        )
+        model = MemBartForConditionalGeneration(config)
+
+    if model.config.vocab_size < tokenizer_size:
+        raise ConfigError(f"the model's vocab_size {model.config.vocab_size} is smaller than the corpus tokenizer's "
+                          f"{tokenizer_size}: use a model made for this tokenizer or re-shard with its tokenizer")
+    needed = segment_length + 2 + POSITION_HEADROOM
+    if model.config.max_position_embeddings < needed:
+        raise ConfigError(f"segments of {segment_length} tokens need {needed} positions; the model has "
+                          f"{model.config.max_position_embeddings}. Re-shard with a shorter --segment-length.")
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def lr_lambda(cfg: PretrainConfig):
+    """Multiplier of train.lr at an optimizer step: linear warmup, then linear or cosine decay to min_lr_ratio."""
+    warmup, total, floor = cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if cfg.train.lr_schedule == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (1 - floor) * (1 - progress)
+
+    return factor
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on biases, norms and the memory bias (decaying them only fights their role)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        plain = name.endswith(".bias") or "layer_norm" in name or "layernorm" in name or name.endswith("memory_bias")
+        (no_decay if plain else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(model, cfg: PretrainConfig, runtime: Runtime):
+    """`deepspeed.initialize` with the JSON from `cfg.deepspeed` completed by `cfg`. Returns the engine."""
+    import deepspeed
+    from torch.optim.lr_scheduler import LambdaLR
+
+    ds_path = Path(cfg.deepspeed)
+    if not ds_path.is_file():
+        raise ConfigError(f"deepspeed={ds_path} does not exist (ship configs live in ds_configs/)")
+    try:
+        ds_json = json.loads(ds_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{ds_path}: invalid JSON at line {error.lineno}: {error.msg}") from None
+    ds = deepspeed_config(cfg, ds_json, runtime.world_size, on_cpu=runtime.on_cpu)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=parameter_groups(model, cfg.train.weight_decay),
+        config=ds,
+        lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda(cfg)),
+    )
+    return engine
+
+
+def model_dtype(engine) -> torch.dtype:
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    if engine.fp16_enabled():
+        return torch.float16
+    return torch.float32
+
+
+def flops_per_token(config) -> float:
+    """Training FLOPs per target token, ≈ 3 × forward (backward is twice the forward), 2 FLOPs per multiply-add.
+
+    Counted per token with source length ≈ target length: each encoder row (token or memory slot, each uses one
+    of its two weight sets) does attention projections 4d² and a d×ffn MLP twice; each decoder row does self- and
+    cross-attention (8d², the cross keys/values being computed on encoder rows) and its MLP; then the LM head.
+    Attention scores are ignored (small at these lengths), so this slightly under-counts: MFU is an estimate.
+    """
+    d = config.d_model
+    encoder_row = 4 * d * d + 2 * d * config.encoder_ffn_dim
+    decoder_row = 8 * d * d + 2 * d * config.decoder_ffn_dim
+    forward = 2 * (config.encoder_layers * encoder_row + config.decoder_layers * decoder_row + d * config.vocab_size)
+    return 3.0 * forward

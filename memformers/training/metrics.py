@@ -1,0 +1,81 @@
+"""Run observability on rank 0: `RUN_DIR/metrics.jsonl` (one JSON line per optimizer step and per evaluation),
+a progress bar, and wandb with the same numbers (offline unless configured online; the run id survives resumes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def wandb_mode(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path, *, enabled: bool, start_step: int, max_steps: int, progress_bar: bool,
+                 wandb_setting: str, wandb_project: str, wandb_name: str | None, wandb_id: str | None, config: dict):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.wandb_run = None
+        self.wandb_id = wandb_id
+        self.bar = None
+        if not enabled:
+            return
+        self._truncate_after(start_step)
+        mode = wandb_mode(wandb_setting)
+        if mode != "disabled":
+            import wandb
+
+            self.wandb_id = wandb_id or wandb.util.generate_id()
+            self.wandb_run = wandb.init(
+                project=wandb_project, name=wandb_name or Path(run_dir).name, id=self.wandb_id, resume="allow",
+                mode=mode, dir=str(run_dir), config=config,
+            )
+        if progress_bar:
+            self.bar = tqdm(total=max_steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
+                            mininterval=1.0)
+        self._started = time.time()
+
+    def _truncate_after(self, step: int) -> None:
+        """A resumed run rewrites history from its checkpoint on: drop lines of steps after it (a killed run may
+        have logged steps it never checkpointed)."""
+        if not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in record.items() if not isinstance(v, list)}, step=record["step"])
+
+    def progress(self, step: int, record: dict) -> None:
+        if self.bar is None:
+            return
+        self.bar.n = step
+        postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}", "tok/s": f"{record['tokens_per_s']:.0f}"}
+        if record.get("mfu") is not None:
+            postfix["mfu"] = f"{record['mfu']:.1%}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.refresh()
+
+    def write(self, message: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(message)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
