@@ -65,7 +65,7 @@ class Checkpointer:
         if self.runtime.is_main:
             atomic_write(tag_dir / "trainer_state.json", json.dumps(trainer_state, indent=2))
             atomic_write(tag_dir / "model_config.json", model_config_json)
-        _fault_point("after_rank_state")
+        _fault_point("after_rank_state", step)
         barrier()  # every rank has written everything of `tag`
         if self.runtime.is_main:
             atomic_write(self.root / "latest", tag)
@@ -106,9 +106,9 @@ def _serialize(obj) -> bytes:
     return buffer.getvalue()
 
 
-def _fault_point(name: str) -> None:
-    """Fault injection for the crash-consistency test: MEMFORMERS_FAULT=<name>:<rank> kills that rank here with
-    SIGKILL's exit status, as a preempted node would die."""
+def _fault_point(name: str, step: int) -> None:
+    """Fault injection for the crash-consistency test: MEMFORMERS_FAULT=<name>:<rank>:<step> makes that rank die
+    here (SIGKILL's exit status, no cleanup) while saving that step, as a node lost mid-checkpoint would."""
     fault = os.environ.get("MEMFORMERS_FAULT", "")
-    if fault and fault.split(":")[0] == name and os.environ.get("RANK", "0") == fault.split(":")[1]:
+    if fault == f"{name}:{os.environ.get('RANK', '0')}:{step}":
         os._exit(137)

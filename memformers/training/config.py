@@ -171,10 +171,11 @@ def _build(cls: type, raw: Any, where: str):
                 f"unknown config key {where + str(key)!r}.{hint} Valid keys in "
                 f"{where.rstrip('.') or 'the top level'}: {', '.join(fields)}"
             )
-    values = {}
-    for name, value in raw.items():
-        values[name] = _coerce(hints[name], value, where + name)
-    return cls(**values)
+    values = {name: _coerce(hints[name], value, where + name) for name, value in raw.items()}
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:  # a section's own validation (e.g. DenoisingConfig)
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: {error}") from None
 
 
 def _coerce(hint: Any, value: Any, key: str):
@@ -201,6 +202,11 @@ def _coerce(hint: Any, value: Any, key: str):
         return [_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ConfigError(f"{key} must be {getattr(hint, '__name__', hint)}, got {value!r} ({type(value).__name__})")
