@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     nonfinite_in_a_row, exit_code = 0, 0
     engine.train()
     while step < cfg.train.max_steps:
-        started = time.perf_counter()
+        started, lr = time.perf_counter(), engine.get_lr()[0]  # the lr this step applies
         step_loss, step_tokens = 0.0, 0
         for _ in range(cfg.train.rollouts_per_step):
             segments = take(batches, cfg.train.time_horizon, runtime.device)
@@ -184,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         record = {
             "step": step,
             "loss": totals[0].item() / max(totals[1].item(), 1.0),
-            "lr": engine.get_lr()[0],
+            "lr": lr,
             "tokens": tokens,
             "tokens_per_s": tokens_per_s,
-            "grad_norm": engine.get_global_grad_norm() if applied else None,
+            "grad_norm": float(engine.get_global_grad_norm()) if applied else None,
             "mfu": tokens_per_s * train_flops_per_token / (runtime.world_size * peak * 1e12) if peak else None,
             "step_time_s": elapsed,
             "skipped_steps": engine.skipped_steps,

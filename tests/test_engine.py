@@ -142,12 +142,12 @@ def test_sigusr1_checkpoints_and_exits_75_then_resumes(tiny_shards, tmp_path, un
 
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run(torchrun_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "train.lr=1e38", "train.warmup_steps=0",
+    proc = run(torchrun_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "train.lr=1e30", "train.warmup_steps=0",
                                                  "train.max_steps=20", "train.max_nonfinite_steps=2",
                                                  "train.grad_clip=0")), check=False)
     assert proc.returncode != 0
     steps, _ = metrics(run_dir)
-    assert steps[-1]["skipped_steps"] == 2 and steps[-1]["grad_norm"] is None
+    assert steps[-1]["skipped_steps"] == 2 and steps[-1]["grad_norm"] is None and steps[-1]["loss"] is None
     assert len(steps) < 20
     assert "consecutive non-finite steps" in proc.stdout + proc.stderr
 

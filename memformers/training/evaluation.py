@@ -50,7 +50,8 @@ def evaluate(model, batches: Iterable[dict], *, lanes: int, memory: torch.Tensor
 
     total = counts.sum().clamp(min=1)
     loss, loss_no_memory = (sums[0].sum() / total).item(), (sums[1].sum() / total).item()
-    by_position = (sums / counts.clamp(min=1)).tolist()
+    by_position = [[round(s / c, 6) if c > 0 else None for s, c in zip(row, counts.tolist())]
+                   for row in sums.tolist()]  # None: no document of this split reached that position
     return {
         "eval_loss": loss,
         "eval_loss_no_memory": loss_no_memory,
@@ -58,6 +59,6 @@ def evaluate(model, batches: Iterable[dict], *, lanes: int, memory: torch.Tensor
         "eval_ppl": math.exp(min(loss, 50.0)),
         "eval_ppl_no_memory": math.exp(min(loss_no_memory, 50.0)),
         "eval_tokens": int(counts.sum().item()),
-        "eval_loss_by_position": [round(x, 6) for x in by_position[0]],
-        "eval_loss_no_memory_by_position": [round(x, 6) for x in by_position[1]],
+        "eval_loss_by_position": by_position[0],
+        "eval_loss_no_memory_by_position": by_position[1],
     }

@@ -4,6 +4,7 @@ a progress bar, and wandb with the same numbers (offline unless configured onlin
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ class MetricsLogger:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
+        # strict JSON: a non-finite number (a skipped step's loss) is written as null
+        record = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb_run is not None:
