@@ -88,3 +88,14 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor(tmp_path):
         assert f(60) == pytest.approx(0.55)  # halfway: linear and cosine agree at the midpoint
         values = [f(s) for s in range(10, 111)]
         assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_readme_config_reference_is_generated_from_the_schema():
+    from pathlib import Path
+
+    from memformers.training.config import config_reference
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index("<!-- config-reference:start")
+    body = readme[readme.index("\n", start) + 1: readme.index("<!-- config-reference:end -->")]
+    assert body == config_reference(), "README.md is stale: regenerate with python -m memformers.training.config"

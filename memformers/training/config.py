@@ -111,6 +111,7 @@ class PretrainConfig:
     run_dir: str = ""
     """Everything of the run: resolved config, metrics.jsonl, checkpoints/. An existing run_dir resumes."""
     seed: int = 1234
+    """Seeds the model init, dropout, the document order (with the epoch) and the noise (with the segment)."""
     deepspeed: str = "ds_configs/zero2.json"
     """DeepSpeed JSON (ZeRO stage, precision). Batch sizes, optimizer, scheduler and clipping are filled in from
     this config; set them here, not there."""
@@ -284,3 +285,67 @@ def deepspeed_config(cfg: PretrainConfig, ds_json: dict[str, Any], world_size: i
     ds.setdefault("steps_per_print", 10**9)  # our logger reports; keep DeepSpeed's quiet
     ds.setdefault("wall_clock_breakdown", False)
     return ds
+
+
+# ------------------------------------------------------------------------------------------ the reference, generated
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each dataclass field (attribute docstrings live only in the source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    source = textwrap.dedent(inspect.getsource(cls))
+    source_lines = source.splitlines()
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:] + [None]):
+        if not isinstance(node, ast.AnnAssign):
+            continue
+        if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):  # a docstring under the field
+            docs[node.target.id] = " ".join(str(after.value.value).split())
+        elif "  # " in source_lines[node.lineno - 1]:  # or a trailing comment
+            docs[node.target.id] = source_lines[node.lineno - 1].split("  # ", 1)[1].strip()
+    return docs
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return " \\| ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join(_type_name(a) for a in args)
+    if origin is list:
+        return f"list[{_type_name(args[0])}]"
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def config_reference() -> str:
+    """The config reference as Markdown tables, one per section, from the schema itself."""
+    root = PretrainConfig()
+    lines = []
+    sections = [("top level", PretrainConfig, root, "")]
+    sections += [(f.name, type(getattr(root, f.name)), getattr(root, f.name), f.name + ".")
+                 for f in dataclasses.fields(PretrainConfig) if dataclasses.is_dataclass(getattr(root, f.name))]
+    for title, cls, instance, prefix in sections:
+        docs, hints = _field_docs(cls), typing.get_type_hints(cls)
+        lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            value = getattr(instance, f.name)
+            if dataclasses.is_dataclass(value):
+                continue
+            default = "—" if value in ("", None) else f"`{json_default(value)}`"
+            lines.append(f"| `{prefix}{f.name}` | {_type_name(hints[f.name])} | {default} | {docs.get(f.name, '').replace('|', chr(92) + '|')} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def json_default(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+if __name__ == "__main__":  # python -m memformers.training.config  → the reference, for README.md
+    print(config_reference(), end="")
