@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # set by `deepspeed`
     parser.add_argument("overrides", nargs="*", help="section.key=value, applied over the YAML")
     args = parser.parse_args(argv)
+    stop = StopRequest()  # before start-up: a preemption notice can arrive while the model loads
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as error:
@@ -152,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
                      f"{last_eval['eval_loss_no_memory']:.4f}, memory gain {last_eval['memory_gain']:+.4f}")
 
     # --- the loop ------------------------------------------------------------------------------------------------
-    stop = StopRequest()
     weights = loss_weights(cfg.train.time_horizon, cfg.train.loss_weighting)
     batches = iter(loader)
     nonfinite_in_a_row, exit_code = 0, 0
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < cfg.train.max_steps:
             run_eval()
-        if stop.agreed(runtime.device):
+        if step < cfg.train.max_steps and stop.agreed(runtime.device):  # at max_steps: just finish
             save()
             logger.write(f"stop signal: checkpointed step {step}, exiting with {EXIT_PREEMPTED} to be requeued")
             exit_code = EXIT_PREEMPTED
