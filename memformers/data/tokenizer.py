@@ -1,0 +1,136 @@
+"""Tokenizer helpers: loading (from a tokenizer directory, a hub name or a SHARD_DIR), checks, identity.
+
+The pipeline needs a *fast* (🤗 `tokenizers`-backed) tokenizer with BART's special tokens `<s>` (bos),
+`</s>` (eos), `<pad>` and `<mask>`; `<unk>` is optional. Tokenizers made by
+`data_prep/train_tokenizer.py` have `<s>`=0, `<pad>`=1, `</s>`=2, `<unk>`=3, `<mask>`=4, as BART; any other
+HF tokenizer directory with those special tokens (e.g. a downloaded `facebook/bart-base`) works too,
+with its own ids, which the manifest records.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import TokenizerError
+from .manifest import TOKENIZER_SUBDIR, is_shard_dir, read_manifest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+#: Special-token roles and the attribute of a HF tokenizer that holds each one's id.
+SPECIAL_ROLES = ("bos", "pad", "eos", "unk", "mask")
+REQUIRED_ROLES = ("bos", "eos", "pad", "mask")
+
+# A token ends a sentence when its text, trailing whitespace removed, ends with . ! or ?,
+# optionally followed by closing quotes.
+_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019\u00bb]*$")
+
+
+def load_tokenizer(path_or_shard_dir: str | os.PathLike) -> "PreTrainedTokenizerBase":
+    """Load a fast HF tokenizer from a tokenizer directory, a hub name or a SHARD_DIR.
+
+    For a SHARD_DIR, loads its `tokenizer/` copy and checks it against the manifest's hash.
+    Raises TokenizerError when it cannot be loaded, is not a fast tokenizer, or lacks
+    `<s>`, `</s>`, `<pad>` or `<mask>`.
+    """
+    source = os.fspath(path_or_shard_dir)
+    expected_sha = None
+    if is_shard_dir(source):
+        manifest = read_manifest(source)
+        expected_sha = manifest["tokenizer"]["sha256"]
+        source = os.path.join(source, manifest["tokenizer"].get("path", TOKENIZER_SUBDIR))
+    elif not Path(source).exists() and (os.path.isabs(source) or source.startswith((".", "~"))):
+        raise TokenizerError(f"tokenizer path {source} does not exist")
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    except Exception as exc:  # transformers raises many types (OSError, ValueError, ...)
+        raise TokenizerError(
+            f"cannot load a tokenizer from {source}: {exc}. Pass a tokenizer directory "
+            "(with tokenizer.json), a hub name that is reachable, or a SHARD_DIR."
+        ) from exc
+    check_tokenizer(tokenizer, source)
+    if expected_sha is not None and tokenizer_sha256(tokenizer) != expected_sha:
+        raise TokenizerError(
+            f"the tokenizer in {source} differs from the one the shards were made with (hash "
+            "mismatch with manifest.json): restore it or re-shard the corpus"
+        )
+    return tokenizer
+
+
+def check_tokenizer(tokenizer: Any, name: str = "tokenizer") -> None:
+    """Raise TokenizerError unless `tokenizer` is fast and has distinct bos/eos/pad/mask tokens."""
+    if not getattr(tokenizer, "is_fast", False) or getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise TokenizerError(
+            f"{name} is not a fast tokenizer (no tokenizer.json backend); the pipeline needs one: "
+            "save it with a recent transformers, or train one with data_prep/train_tokenizer.py"
+        )
+    ids = special_ids(tokenizer)
+    missing = [role for role in REQUIRED_ROLES if ids.get(role) is None]
+    if missing:
+        present = {role: getattr(tokenizer, f"{role}_token", None) for role in SPECIAL_ROLES}
+        raise TokenizerError(
+            f"{name} lacks the special tokens {', '.join(f'{r}_token' for r in missing)} that BART "
+            f"pretraining needs (it has {present}). Add them, e.g. tokenizer.add_special_tokens("
+            "{'bos_token': '<s>', 'eos_token': '</s>', 'pad_token': '<pad>', 'mask_token': '<mask>'}) "
+            "and save it, or train one with data_prep/train_tokenizer.py"
+        )
+    required = [ids[role] for role in REQUIRED_ROLES]
+    if len(set(required)) != len(required):
+        raise TokenizerError(f"{name}: bos/eos/pad/mask must be distinct tokens, got ids {ids}")
+
+
+def special_ids(tokenizer: Any) -> dict[str, int | None]:
+    """{'bos', 'pad', 'eos', 'unk', 'mask'} → token id (None where the tokenizer has no such token)."""
+    return {role: getattr(tokenizer, f"{role}_token_id", None) for role in SPECIAL_ROLES}
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """A hash of what determines the token ids: the backend's tokenizer.json, runtime settings dropped."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec.pop("truncation", None)
+    spec.pop("padding", None)
+    canonical = json.dumps(spec, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    extra = json.dumps(special_ids(tokenizer), sort_keys=True)
+    return hashlib.sha256((canonical + extra).encode("utf-8")).hexdigest()
+
+
+def tokenizer_identity(tokenizer: Any, name: str | None = None) -> dict[str, Any]:
+    """Name, class, vocab size, special ids and hash: the manifest's `tokenizer` entry."""
+    return {
+        "name": name or getattr(tokenizer, "name_or_path", "") or "",
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "special_ids": special_ids(tokenizer),
+        "sha256": tokenizer_sha256(tokenizer),
+    }
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The smallest unsigned dtype that holds every token id of a vocabulary."""
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def sentence_end_table(tokenizer: Any) -> np.ndarray:
+    """Bool array over the vocabulary: True for tokens whose decoded text ends a sentence.
+
+    A token ends a sentence when its decoded text, trailing whitespace removed, ends with `.`, `!` or
+    `?`, optionally followed by closing quotes. Special tokens never do.
+    """
+    backend = tokenizer.backend_tokenizer
+    size = max(len(tokenizer), backend.get_vocab_size(with_added_tokens=True))
+    special = set(tokenizer.all_special_ids)
+    table = np.zeros(size, dtype=bool)
+    for token_id in range(size):
+        if token_id in special:
+            continue
+        text = backend.decode([token_id], skip_special_tokens=False).rstrip()
+        table[token_id] = bool(_SENTENCE_END.search(text))
+    return table

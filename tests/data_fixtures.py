@@ -1,0 +1,133 @@
+"""Session fixtures of the data tests (tests/test_data_*.py): generated corpora, tokenizers trained on
+them in the test session, and a SHARD_DIR. Nothing is downloaded.
+
+Import them into a test module with `from data_fixtures import *` (a fixture is only found when the
+fixtures it depends on are imported too). Each artefact is built once per test process (cached here),
+however many test modules import the fixtures.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from memformers.data import SyntheticConfig, generate_documents, shard_documents, train_tokenizer  # noqa: E402
+
+SEGMENT_LENGTH = 64
+NUM_SYNTHETIC_DOCS = 120
+DOCS_PER_SHARD = 16
+VAL_FRACTION = 0.2
+
+__all__ = [
+    "REPO", "SEGMENT_LENGTH", "NUM_SYNTHETIC_DOCS", "DOCS_PER_SHARD", "VAL_FRACTION", "varied_texts",
+    "synthetic_docs", "synthetic_jsonl", "varied_jsonl", "bpe_tokenizer", "unigram_tokenizer", "shard_dir",
+]  # fmt: skip
+
+_CACHE: dict[str, Any] = {}
+
+
+def _once(name: str, build: Callable[[], Any]) -> Any:
+    if name not in _CACHE:
+        _CACHE[name] = build()
+    return _CACHE[name]
+
+
+def varied_texts(count: int, seed: int = 0) -> list[str]:
+    """Documents with varied words, punctuation, digits, whitespace and non-ASCII text."""
+    rng = random.Random(seed)
+    words = (
+        "the a memory model reads long documents segment by segment and keeps what matters in its slots "
+        "while older context fades unless it is useful later on for answering questions about facts"
+    ).split()
+    extras = ["café", "naïve", "Zürich", "東京", "データ", "😀", "—", "«quote»", "x²", "Ωmega", "\t", "3.14", "1,024", "<s>", "<mask>", "<0x41>"]
+    docs = []
+    for _ in range(count):
+        sentences = []
+        for _ in range(rng.randint(3, 25)):
+            sentence = " ".join(rng.choice(words) if rng.random() > 0.1 else rng.choice(extras) for _ in range(rng.randint(3, 18)))
+            sentences.append(sentence.capitalize() + rng.choice([".", ".", "!", "?", '."', ";", ""]))
+        docs.append(rng.choice([" ", "  ", "\n", "\n\n"]).join(sentences))
+    return docs
+
+
+@pytest.fixture(scope="session")
+def synthetic_docs() -> list[dict[str, Any]]:
+    """The synthetic corpus's records (seed 0)."""
+    return _once("synthetic_docs", lambda: list(generate_documents(NUM_SYNTHETIC_DOCS, SyntheticConfig(seed=0))))
+
+
+@pytest.fixture(scope="session")
+def synthetic_jsonl(tmp_path_factory: pytest.TempPathFactory, synthetic_docs: list[dict[str, Any]]) -> Path:
+    """The synthetic corpus as a JSON lines file."""
+
+    def build() -> Path:
+        path = tmp_path_factory.mktemp("corpus") / "synthetic.jsonl"
+        path.write_text("".join(json.dumps(d) + "\n" for d in synthetic_docs), encoding="utf-8")
+        return path
+
+    return _once("synthetic_jsonl", build)
+
+
+@pytest.fixture(scope="session")
+def varied_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Varied text (non-ASCII, tabs, special-token look-alikes) as a JSON lines file."""
+
+    def build() -> Path:
+        path = tmp_path_factory.mktemp("corpus") / "varied.jsonl"
+        path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(varied_texts(150))), encoding="utf-8")
+        return path
+
+    return _once("varied_jsonl", build)
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer(tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path, varied_jsonl: Path) -> Path:
+    """A BPE tokenizer directory (vocab 800) trained on both corpora."""
+
+    def build() -> Path:
+        out = tmp_path_factory.mktemp("tok") / "bpe"
+        train_tokenizer([str(synthetic_jsonl), str(varied_jsonl)], out, 800, model_type="bpe", progress=False)
+        return out
+
+    return _once("bpe_tokenizer", build)
+
+
+@pytest.fixture(scope="session")
+def unigram_tokenizer(tmp_path_factory: pytest.TempPathFactory, varied_jsonl: Path) -> Path:
+    """A unigram tokenizer directory (vocab 500) trained on the varied corpus."""
+
+    def build() -> Path:
+        out = tmp_path_factory.mktemp("tok") / "unigram"
+        train_tokenizer([str(varied_jsonl)], out, 500, model_type="unigram", progress=False)
+        return out
+
+    return _once("unigram_tokenizer", build)
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path, varied_jsonl: Path, bpe_tokenizer: Path) -> Path:
+    """Both corpora sharded with the BPE tokenizer: segments of 64, 20% val, 16 documents per shard."""
+
+    def build() -> Path:
+        out = tmp_path_factory.mktemp("shards") / "shards"
+        shard_documents(
+            [str(synthetic_jsonl), str(varied_jsonl)],
+            bpe_tokenizer,
+            out,
+            SEGMENT_LENGTH,
+            workers=1,
+            val_fraction=VAL_FRACTION,
+            docs_per_shard=DOCS_PER_SHARD,
+            progress=False,
+        )
+        return out
+
+    return _once("shard_dir", build)
