@@ -28,7 +28,8 @@ demo: venv
 	$(PY) -m memformers.demo
 
 test: venv
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	# one OpenMP thread per process: tests run several processes on few cores, and oversubscription is 20-40x slower
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS) tests
 
 bench: venv
 	$(PY) bench/run_all.py

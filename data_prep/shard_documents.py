@@ -13,6 +13,22 @@ whatever --workers is; re-running an interrupted command finishes the missing sh
 Inputs: .txt (one document per file), .jsonl / .json (a text field per record), .parquet, each
 optionally .gz/.zst/.bz2/.xz (not .parquet), folders and globs of these, a dataset saved with
 save_to_disk, or a 🤗 dataset name for datasets.load_dataset (hub names need the hub).
+
+In slices, e.g. one Slurm array task each (slurm/prepare_data.sh drives this), N tasks then one merge:
+
+    python data_prep/shard_documents.py ARGS --num-slices N --slice-index I    # for each I in 0..N-1
+    python data_prep/shard_documents.py ARGS --num-slices N --merge            # after all N succeeded
+
+give the same SHARD_DIR, byte for byte, as one run of ARGS. Slice I is a contiguous part of the inputs in
+reading order: whole inputs when there are at least N (cut at the input boundaries nearest to equal shares
+of the bytes), otherwise byte ranges of the inputs laid end to end, uncompressed .jsonl files cut at line
+starts (other inputs go whole to the slice where they begin). A slice writes only SHARD_DIR/.slices/
+slice-IIIII/ (slices may run at once on nodes sharing the filesystem) and exits 0; re-run, it resumes, and
+a finished slice is not redone. The merge needs every slice finished with the same ARGS and N, else exits
+1 naming the slices missing; it writes the shards (re-numbered over all slices), index.npy, tokenizer/ and
+manifest.json, then removes .slices/. Re-running a finished merge does nothing.
+
+Exit status: 0 done; 1 merge with slices missing or unfinished; 2 bad input, settings or arguments.
 """
 from __future__ import annotations
 
@@ -38,7 +54,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset-split", default="train", help="split of a 🤗 dataset input (default: train)")
     p.add_argument("--dataset-config", default=None, help="configuration name of a 🤗 dataset input")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    sliced = p.add_argument_group("sharding in slices (see above; slurm/prepare_data.sh)")
+    sliced.add_argument("--num-slices", type=int, default=None, metavar="N", help="the inputs are sharded in N slices: give --slice-index or --merge with it")
+    sliced.add_argument("--slice-index", type=int, default=None, metavar="I", help="tokenize slice I only (0 <= I < N) into SHARD_DIR/.slices/slice-IIIII/")
+    sliced.add_argument("--merge", action="store_true", help="merge the N finished slices into SHARD_DIR (exit 1 naming any missing)")
+    args = p.parse_args(argv)
+    if (args.slice_index is not None or args.merge) and args.num_slices is None:
+        p.error("--slice-index and --merge need --num-slices N")
+    if args.num_slices is not None and (args.slice_index is None) == (not args.merge):
+        p.error("--num-slices N needs either --slice-index I or --merge (one of them)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,23 +71,31 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         from memformers.data import shard_documents
+        from memformers.data.merge import IncompleteSlicesError
 
-        summary = shard_documents(
-            args.input,
-            args.tokenizer,
-            args.output,
-            args.segment_length,
-            workers=args.workers,
-            val_fraction=args.val_fraction,
-            text_field=args.text_field,
-            id_field=args.id_field or None,
-            docs_per_shard=args.docs_per_shard,
-            skip_bad_records=args.skip_bad_records,
-            overwrite=args.overwrite,
-            dataset_split=args.dataset_split,
-            dataset_config=args.dataset_config,
-            progress=not args.no_progress,
-        )
+        try:
+            summary = shard_documents(
+                args.input,
+                args.tokenizer,
+                args.output,
+                args.segment_length,
+                workers=args.workers,
+                val_fraction=args.val_fraction,
+                text_field=args.text_field,
+                id_field=args.id_field or None,
+                docs_per_shard=args.docs_per_shard,
+                skip_bad_records=args.skip_bad_records,
+                overwrite=args.overwrite,
+                dataset_split=args.dataset_split,
+                dataset_config=args.dataset_config,
+                progress=not args.no_progress,
+                num_slices=args.num_slices,
+                slice_index=args.slice_index,
+                merge=args.merge,
+            )
+        except IncompleteSlicesError as exc:  # the merge's "not yet": exit 1, unlike bad input (2)
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(summary.format())
         return 0
 

@@ -131,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     train_flops_per_token = flops_per_token(model_config)
 
     def save() -> None:
-        nonlocal last_eval
         checkpointer.save(
             engine, step,
             rank_state={"loader": loader.state_dict(), "memory": memory.cpu(), "rng": rng_state()},

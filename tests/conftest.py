@@ -7,6 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# The tiny models gain nothing from a second intra-op thread, and tests run several processes on few cores:
+# OpenMP threads spinning against each other make in-process torch many times slower (`make test` also sets
+# OMP_NUM_THREADS=1 for the subprocesses).
+torch.set_num_threads(1)
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/launch.py and friends
 

@@ -157,3 +157,17 @@ def test_config_errors_exit_2_with_the_key_named(tiny_shards, tmp_path):
                check=False)
     assert proc.returncode == 2
     assert "unknown config key 'train.max_step'" in proc.stderr and "max_steps" in proc.stderr
+
+
+def test_wandb_offline_run_id_survives_resume(tiny_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    common = ("checkpoint.every_steps=2", "eval.every_steps=0", "logging.wandb=offline")
+    run(torchrun_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "train.max_steps=2", *common)))
+    state = json.loads((run_dir / "checkpoints" / "step-00000002" / "trainer_state.json").read_text())
+    run_id = state["wandb_id"]
+    assert run_id
+    run(torchrun_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "train.max_steps=4", *common)))
+    state = json.loads((run_dir / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    assert state["wandb_id"] == run_id
+    offline_runs = sorted(p.name for p in (run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(name.endswith(run_id) for name in offline_runs)

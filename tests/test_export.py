@@ -30,16 +30,6 @@ STAGES = ("zero0", "zero2", "zero3")
 TEXTS = [["In the harbor, the guards sang suddenly.", "The code of Vagri is ochre. Lena said so twice."],
          ["Victor said that the farmer had sang again.", "What was the code of Vagri?"]]
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny models gain nothing from a second intra-op thread, and on a busy 2-core machine (2-process runs,
-    parallel test sessions) OpenMP threads spinning against each other make them many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ------------------------------------------------------------------------------------------- shared, per session
 # Plain functions with a cache (not fixtures) so tests/test_finetune_dialog.py can reuse the same runs and exports.
 _CACHE: dict[str, Path] = {}

@@ -29,16 +29,6 @@ import make_sample_data  # noqa: E402
 import train  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """The tiny models gain nothing from a second intra-op thread, and on a busy 2-core machine (2-process runs,
-    parallel test sessions) OpenMP threads spinning against each other make them many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory, tiny_shards):
     return exported(tmp_path_factory, tiny_shards, "zero2")

@@ -12,6 +12,7 @@ Skipped, with the reason, only where Slurm cannot run: not root, or `apt-get ins
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -238,17 +239,14 @@ def test_prepare_data_array_then_merge(cluster: SlurmCluster, tmp_path: Path):
     assert not (failing / "shards" / "manifest.json").exists()
 
 
-def _supports_slices() -> bool:
-    proc = subprocess.run([PY, "data_prep/shard_documents.py", "--help"], cwd=REPO, env=cpu_env(),
-                          capture_output=True, text=True, timeout=120)
-    return "--num-slices" in proc.stdout and "--merge" in proc.stdout
+def _digests(shard_dir: Path) -> dict[str, str]:
+    """sha256 of every file under a SHARD_DIR (shards, index.npy, manifest.json, tokenizer copy)."""
+    return {p.relative_to(shard_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(shard_dir.rglob("*")) if p.is_file()}
 
 
 def test_prepare_data_matches_single_process(cluster: SlurmCluster, corpus: Path, tmp_path: Path):
-    """The real data scripts: 2 slices + merge give the SHARD_DIR one shard_documents.py run gives."""
-    if not _supports_slices():
-        pytest.skip("data_prep/shard_documents.py has no --num-slices/--slice-index/--merge yet "
-                    "(the interface slurm/prepare_data.sh drives)")
+    """The real data scripts: 2 slices + merge give the SHARD_DIR one shard_documents.py run gives, byte for byte."""
     tok = tmp_path / "tok"
     _run([PY, "data_prep/train_tokenizer.py", "--input", str(corpus), "--vocab-size", "600", "--output", str(tok),
           "--no-progress"])
@@ -260,6 +258,7 @@ def test_prepare_data_matches_single_process(cluster: SlurmCluster, corpus: Path
     logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("slurm-*.out")))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"
     _run([PY, "data_prep/inspect_shards.py", "--no-progress", "--segments", "0", str(tmp_path / "sliced")])
+    assert "slice 0 of 2" in logs and "slice 1 of 2" in logs and "merged from 2 slices" in logs, logs
 
     single = json.loads((tmp_path / "single" / "manifest.json").read_text())
     sliced = json.loads((tmp_path / "sliced" / "manifest.json").read_text())
@@ -268,7 +267,5 @@ def test_prepare_data_matches_single_process(cluster: SlurmCluster, corpus: Path
             assert sliced["splits"][split][key] == entry[key], (split, key, logs)
         assert len(sliced["splits"][split]["shards"]) == len(entry["shards"]), (split, logs)
     assert sliced["stats"] == single["stats"], logs
-    assert sorted(p.relative_to(tmp_path / "sliced").as_posix() for p in (tmp_path / "sliced").rglob("*")
-                  if "tokenizer" not in p.parts) == \
-        sorted(p.relative_to(tmp_path / "single").as_posix() for p in (tmp_path / "single").rglob("*")
-               if "tokenizer" not in p.parts), logs
+    assert _digests(tmp_path / "sliced") == _digests(tmp_path / "single"), logs  # the same files, byte for byte
+    assert not (tmp_path / "sliced" / ".slices").exists(), logs  # the merge removed the slices' bookkeeping

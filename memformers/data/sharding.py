@@ -14,6 +14,11 @@ tokenizes the documents of shards not yet recorded. The last step writes each sp
 `manifest.json`, then removes `.progress/`. Re-running a finished command does nothing; different
 settings or inputs for an existing SHARD_DIR are refused unless `overwrite=True`.
 
+Sharding in slices (`num_slices`, `slice_index`, `merge`; one Slurm array task per slice, see
+slurm/prepare_data.sh) is in merge.py: each slice runs the same pipeline (`tokenize_into`) over its part of
+the inputs into `SHARD_DIR/.slices/slice-IIIII/`, and the merge re-numbers their samples into the layout
+above, byte-identical to a single-process run.
+
 Accounting: documents_read = documents_written + sum(skipped by reason), reasons being `empty`,
 `bad_record` (sources.py) and `no_tokens` (text the tokenizer maps to no token at all).
 """
@@ -32,7 +37,7 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -48,12 +53,13 @@ from .manifest import (
 )
 from .segmenting import segment_ends
 from .shardio import encode_sample, file_sha256, tar_trailer
-from .sources import Document, DocumentReader
+from .sources import Document, DocumentReader, ReadStats
 from .tokenizer import load_tokenizer, sentence_end_table, token_dtype, tokenizer_identity, tokenizer_sha256
 
 PROGRESS_DIR = ".progress"
+SLICES_DIR = ".slices"  # the slices of a sliced run (merge.py), removed by its merge
 SPLIT_RULE = "blake2b-64(utf-8 text) / 2**64 < val_fraction -> val"
-_OWNED = (MANIFEST_NAME, TOKENIZER_SUBDIR, "train", "val", PROGRESS_DIR)
+_OWNED = (MANIFEST_NAME, TOKENIZER_SUBDIR, "train", "val", PROGRESS_DIR, SLICES_DIR)
 
 
 def split_of(utf8: bytes, val_fraction: float) -> str:
@@ -83,6 +89,7 @@ class ShardingSummary:
     seconds: float
     workers: int
     already_complete: bool = False
+    label: str = "shard directory"  # what `output` is: the SHARD_DIR, or a slice of one
     ignored_files: list[str] = field(default_factory=list)
     bad_record_examples: list[str] = field(default_factory=list)
 
@@ -97,7 +104,7 @@ class ShardingSummary:
         return self.tokens_this_run / self.seconds if self.seconds > 0 else 0.0
 
     def format(self) -> str:
-        lines = [f"shard directory: {self.output}" + ("  (already complete: nothing to do)" if self.already_complete else "")]
+        lines = [f"{self.label}: {self.output}" + ("  (already complete: nothing to do)" if self.already_complete else "")]
         skipped = sum(self.skipped.values())
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.skipped.items()) if v) or "none"
         lines += [
@@ -336,8 +343,8 @@ def _load_progress(out: Path) -> dict[tuple[str, int], tuple[dict[str, Any], np.
     return done
 
 
-def _prepare_output(out: Path, state: dict[str, Any], overwrite: bool) -> str:
-    """Check what `out` holds; returns 'fresh', 'resume' or 'complete'. Raises DataError when refused."""
+def _entries(out: Path) -> set[str]:
+    """What the output folder holds; DataError when it is a file or holds anything a SHARD_DIR does not."""
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} exists and is not a folder")
     entries = set(os.listdir(out)) if out.is_dir() else set()
@@ -346,38 +353,235 @@ def _prepare_output(out: Path, state: dict[str, Any], overwrite: bool) -> str:
             f"output folder {out} is not empty and not a shard directory (it holds "
             f"{sorted(entries - set(_OWNED))[:5]}): choose a new or empty folder"
         )
-    previous = None
-    if MANIFEST_NAME in entries:
-        manifest = read_manifest(out)
-        previous, status = {"settings": manifest.get("settings"), "inputs": manifest.get("inputs")}, "complete"
+    return entries
+
+
+def differences(previous: dict[str, Any], state: dict[str, Any]) -> list[str]:
+    """What differs between two run states ({"settings", "inputs"[, "slices"]}), for error messages."""
+    found = [k for k in sorted(state["settings"]) if previous.get("settings", {}).get(k) != state["settings"][k]]
+    if previous.get("inputs") != state["inputs"]:
+        found.append("inputs (files, sizes or modification times)")
+    if previous.get("slices", {}).get("count") != state.get("slices", {}).get("count"):
+        found.append("--num-slices")
+    return found
+
+
+def refusal(out: Path, what: str, previous: dict[str, Any], state: dict[str, Any]) -> DataError:
+    """The error for an existing run in `out` made with other settings or inputs than this one."""
+    return DataError(
+        f"{out} holds {what} made with different settings ({', '.join(differences(previous, state))}): re-run "
+        "with the same arguments to finish or keep it, write to a new folder, or pass --overwrite to replace it"
+    )
+
+
+def finished_state(out: Path, entries: set[str]) -> dict[str, Any] | None:
+    """The settings and inputs of the finished shard set in `out`, None when there is none."""
+    if MANIFEST_NAME not in entries:
+        return None
+    manifest = read_manifest(out)
+    return {"settings": manifest.get("settings"), "inputs": manifest.get("inputs")}
+
+
+def remove_entries(out: Path, names: tuple[str, ...]) -> None:
+    """Delete `out/name` (file or folder) for each name that exists."""
+    for name in names:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def _prepare_output(out: Path, state: dict[str, Any], overwrite: bool) -> str:
+    """Check what `out` holds; returns 'fresh', 'resume' or 'complete'. Raises DataError when refused."""
+    entries = _entries(out)
+    previous = finished_state(out, entries)
+    if previous is not None:
+        status = "complete"
     elif (out / PROGRESS_DIR / "state.json").is_file():
         previous, status = json.loads((out / PROGRESS_DIR / "state.json").read_text(encoding="utf-8")), "resume"
-    elif entries:
+    elif entries - {SLICES_DIR}:
         status = "stale"  # leftovers without any record: start over
     else:
         status = "fresh"
     if previous is not None and previous != state:
         if not overwrite:
-            differences = [
-                k for k in sorted(state["settings"]) if previous.get("settings", {}).get(k) != state["settings"][k]
-            ]
-            if previous.get("inputs") != state["inputs"]:
-                differences.append("inputs (files, sizes or modification times)")
-            what = "a finished shard set" if status == "complete" else "an unfinished run"
-            raise DataError(
-                f"{out} holds {what} made with different settings ({', '.join(differences)}): re-run with the "
-                "same arguments to finish or keep it, write to a new folder, or pass --overwrite to replace it"
-            )
+            raise refusal(out, "a finished shard set" if status == "complete" else "an unfinished run", previous, state)
         status = "stale"
+    if status != "complete" and SLICES_DIR in entries and not overwrite:
+        raise DataError(
+            f"{out} holds the slices of an unfinished sliced run ({SLICES_DIR}/): finish it with the same arguments "
+            "and --num-slices N --merge (or slurm/prepare_data.sh), or pass --overwrite to discard them"
+        )
     if status == "stale" or (overwrite and status == "complete"):
-        for name in _OWNED:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+        remove_entries(out, _OWNED)
         status = "fresh"
+    elif overwrite:
+        remove_entries(out, (SLICES_DIR,))
     return status
+
+
+@dataclass
+class Job:
+    """The checked arguments of a sharding run, shared by the single-process run, the slices and the merge.
+
+    `state` (settings + inputs fingerprint) is what a resumed or merged run must match.
+    """
+
+    out: Path
+    tokenizer_name: str
+    source_tokenizer: Any
+    reader: DocumentReader
+    settings: dict[str, Any]
+    state: dict[str, Any]
+    workers: int
+    progress: bool
+    chunk_chars: int
+
+    @property
+    def splits(self) -> list[str]:
+        return ["train", "val"] if self.settings["val_fraction"] > 0 else ["train"]
+
+
+def _check_numbers(segment_length: int, docs_per_shard: int, val_fraction: float, workers: int) -> None:
+    if segment_length < 1:
+        raise DataError(f"--segment-length must be >= 1, got {segment_length}")
+    if docs_per_shard < 1:
+        raise DataError(f"--docs-per-shard must be >= 1, got {docs_per_shard}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if workers < 0:
+        raise DataError(f"--workers must be >= 0, got {workers}")
+
+
+def _make_job(
+    inputs: list[str],
+    tokenizer: str | os.PathLike,
+    output: str | os.PathLike,
+    segment_length: int,
+    options: dict[str, Any],
+    reader_class: type[DocumentReader] = DocumentReader,
+) -> Job:
+    """Check the arguments, resolve the inputs, load the tokenizer; the run's settings and state."""
+    o = options
+    workers = (os.cpu_count() or 1) if o["workers"] is None else o["workers"]
+    _check_numbers(segment_length, o["docs_per_shard"], o["val_fraction"], workers)
+    reader = reader_class(
+        list(inputs),
+        text_field=o["text_field"],
+        id_field=o["id_field"],
+        skip_bad_records=o["skip_bad_records"],
+        dataset_split=o["dataset_split"],
+        dataset_config=o["dataset_config"],
+    )
+    source_tokenizer = load_tokenizer(tokenizer)
+    settings = {
+        "segment_length": segment_length,
+        "docs_per_shard": o["docs_per_shard"],
+        "val_fraction": o["val_fraction"],
+        "split_rule": SPLIT_RULE,
+        "text_field": o["text_field"],
+        "id_field": o["id_field"],
+        "skip_bad_records": o["skip_bad_records"],
+        "dataset_split": o["dataset_split"],
+        "dataset_config": o["dataset_config"],
+        "tokenizer_sha256": tokenizer_sha256(source_tokenizer),
+    }
+    state = {"settings": settings, "inputs": reader.fingerprint()}
+    return Job(
+        Path(output), os.fspath(tokenizer), source_tokenizer, reader, settings, state, workers, o["progress"], o["chunk_chars"]
+    )
+
+
+def copy_tokenizer(job: Job, out: Path) -> Any:
+    """Save the tokenizer into `out/tokenizer/` and load that copy (what tokenizes, what the manifest names)."""
+    tok_dir = out / TOKENIZER_SUBDIR
+    job.source_tokenizer.save_pretrained(str(tok_dir))
+    return load_tokenizer(tok_dir)
+
+
+@dataclass
+class Tokenized:
+    """What `tokenize_into` wrote: shard records (with the reused ones), positions taken per split, tokens."""
+
+    records: dict[tuple[str, int], tuple[dict[str, Any], np.ndarray]]
+    reused: int
+    positions: dict[str, int]
+    tokens: int
+    tokenizer: Any
+
+
+def tokenize_into(job: Job, out: Path, state: dict[str, Any], documents: Iterable[Document]) -> Tokenized:
+    """Tokenize `documents` into the shards of `out` (created or resumed), recording progress in out/.progress/.
+
+    Document n of a split (counting those without tokens) goes to shard n // K, position n % K.
+    """
+    for split in job.splits:
+        (out / split).mkdir(parents=True, exist_ok=True)
+    (out / PROGRESS_DIR).mkdir(exist_ok=True)
+    write_json_atomic(out / PROGRESS_DIR / "state.json", state)
+    tok = copy_tokenizer(job, out)  # the copy tokenizes, so the SHARD_DIR holds what made its shards
+    done = _load_progress(out)
+    stale = {p for split in job.splits for p in (out / split).glob("*.tar")}
+    stale -= {out / rec["path"] for rec, _ in done.values()}
+    for path in [*stale, *(p for split in job.splits for p in (out / split).glob("*.tmp"))]:
+        path.unlink()
+
+    records: dict[tuple[str, int], tuple[dict[str, Any], np.ndarray]] = dict(done)
+    counters: collections.Counter = collections.Counter()
+    docs_per_shard, val_fraction = job.settings["docs_per_shard"], job.settings["val_fraction"]
+    tok_json, dtype = tok.backend_tokenizer.to_str(), token_dtype(len(tok)).str
+    init_args = (tok_json, sentence_end_table(tok), job.settings["segment_length"], dtype)
+    with _Pipeline(out, docs_per_shard, job.workers, init_args, records, job.progress, job.chunk_chars) as pipeline:
+        for doc in documents:
+            split = split_of(doc.utf8, val_fraction)
+            shard, pos = divmod(counters[split], docs_per_shard)
+            counters[split] += 1
+            if (split, shard) in done:
+                pipeline.bar.update(1)
+            else:
+                pipeline.add(split, shard, pos, doc)
+        pipeline.flush()
+    positions = {split: counters[split] for split in job.splits}
+    return Tokenized(records, len(done), positions, pipeline.tokens, tok)
+
+
+def read_statistics(stats: ReadStats, records: dict) -> dict[str, Any]:
+    """The manifest's `stats`: documents read, written, skipped by reason (no_tokens from the shards), invalid UTF-8."""
+    skipped = dict(stats.skipped)
+    skipped["no_tokens"] = sum(rec["no_tokens"] for rec, _ in records.values())
+    return {
+        "documents_read": stats.documents_read,
+        "documents_written": sum(rec["documents"] for rec, _ in records.values()),
+        "skipped": skipped,
+        "invalid_utf8": stats.invalid_utf8,
+    }
+
+
+def check_written(stats: dict[str, Any], examples: list[str]) -> None:
+    """DataError when no document at all was written."""
+    if stats["documents_written"] == 0:
+        raise DataError(
+            f"no documents written: all {stats['documents_read']:,} documents read were skipped ({stats['skipped']})"
+            + (f"; e.g. {examples[0]}" if examples else "")
+        )
+
+
+def write_manifest(job: Job, tok: Any, records: dict, stats: dict[str, Any]) -> dict[str, Any]:
+    """Write each split's index.npy and the SHARD_DIR's manifest.json (last); the manifest."""
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "segment_length": job.settings["segment_length"],
+        "token_dtype": token_dtype(len(tok)).name,
+        "tokenizer": {"path": TOKENIZER_SUBDIR, **tokenizer_identity(tok, name=job.tokenizer_name)},
+        "settings": job.settings,
+        "inputs": job.state["inputs"],
+        "splits": {split: finish_split(job.out, split, records) for split in job.splits},
+        "stats": stats,
+    }
+    write_json_atomic(job.out / MANIFEST_NAME, manifest)
+    return manifest
 
 
 def shard_documents(
@@ -397,126 +601,54 @@ def shard_documents(
     dataset_config: str | None = None,
     progress: bool = True,
     chunk_chars: int = 1 << 20,
+    num_slices: int | None = None,
+    slice_index: int | None = None,
+    merge: bool = False,
 ) -> ShardingSummary:
     """Tokenize, segment and shard `inputs` into the SHARD_DIR `output` (see the module docstring).
 
-    `workers` tokenizer processes (default: the CPU count; 0 tokenizes in this process). Returns the
-    summary; raises DataError (BadRecordError, TokenizerError, ...) on bad input or settings.
+    `workers` tokenizer processes (default: the CPU count; 0 tokenizes in this process). With `num_slices`
+    N, either `slice_index` I (0-based) tokenizes only slice I into `output/.slices/`, or `merge=True`
+    merges the N finished slices into the same SHARD_DIR this function writes without them (merge.py;
+    IncompleteSlicesError when slices are missing). Returns the summary; raises DataError
+    (BadRecordError, TokenizerError, ...) on bad input or settings.
     """
     started = time.perf_counter()
-    if segment_length < 1:
-        raise DataError(f"--segment-length must be >= 1, got {segment_length}")
-    if docs_per_shard < 1:
-        raise DataError(f"--docs-per-shard must be >= 1, got {docs_per_shard}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 0:
-        raise DataError(f"--workers must be >= 0, got {workers}")
-    out = Path(output)
-    reader = DocumentReader(
-        list(inputs),
-        text_field=text_field,
-        id_field=id_field,
-        skip_bad_records=skip_bad_records,
-        dataset_split=dataset_split,
-        dataset_config=dataset_config,
-    )
-    source_tokenizer = load_tokenizer(tokenizer)
-    settings = {
-        "segment_length": segment_length,
-        "docs_per_shard": docs_per_shard,
-        "val_fraction": val_fraction,
-        "split_rule": SPLIT_RULE,
-        "text_field": text_field,
-        "id_field": id_field,
-        "skip_bad_records": skip_bad_records,
-        "dataset_split": dataset_split,
-        "dataset_config": dataset_config,
-        "tokenizer_sha256": tokenizer_sha256(source_tokenizer),
-    }
-    state = {"settings": settings, "inputs": reader.fingerprint()}
-    status = _prepare_output(out, state, overwrite)
-    if status == "complete":
-        return _summary_from_manifest(out, time.perf_counter() - started, workers)
+    options = dict(
+        workers=workers, val_fraction=val_fraction, text_field=text_field, id_field=id_field,
+        docs_per_shard=docs_per_shard, skip_bad_records=skip_bad_records, dataset_split=dataset_split,
+        dataset_config=dataset_config, progress=progress, chunk_chars=chunk_chars,
+    )  # fmt: skip
+    if num_slices is not None or slice_index is not None or merge:
+        from .merge import run_sliced
 
-    splits = ["train", "val"] if val_fraction > 0 else ["train"]
-    for split in splits:
-        (out / split).mkdir(parents=True, exist_ok=True)
-    (out / PROGRESS_DIR).mkdir(exist_ok=True)
-    write_json_atomic(out / PROGRESS_DIR / "state.json", state)
-    tok_dir = out / TOKENIZER_SUBDIR
-    source_tokenizer.save_pretrained(str(tok_dir))
-    tok = load_tokenizer(tok_dir)  # the copy tokenizes, so the SHARD_DIR holds what made its shards
-    identity = tokenizer_identity(tok, name=os.fspath(tokenizer))
-    dtype = token_dtype(len(tok))
-    is_end = sentence_end_table(tok)
-
-    done = _load_progress(out)
-    stale = {p for split in splits for p in (out / split).glob("*.tar")}
-    stale -= {out / rec["path"] for rec, _ in done.values()}
-    for path in [*stale, *(p for split in splits for p in (out / split).glob("*.tmp"))]:
-        path.unlink()
-
-    records: dict[tuple[str, int], tuple[dict[str, Any], np.ndarray]] = dict(done)
-    counters: collections.Counter = collections.Counter()
-    init_args = (tok.backend_tokenizer.to_str(), is_end, segment_length, dtype.str)
-    with _Pipeline(out, docs_per_shard, workers, init_args, records, progress, chunk_chars) as pipeline:
-        for doc in reader:
-            split = split_of(doc.utf8, val_fraction)
-            shard, pos = divmod(counters[split], docs_per_shard)
-            counters[split] += 1
-            if (split, shard) in done:
-                pipeline.bar.update(1)
-            else:
-                pipeline.add(split, shard, pos, doc)
-        pipeline.flush()
-
-    stats = reader.stats
-    skipped = dict(stats.skipped)
-    skipped["no_tokens"] = sum(rec["no_tokens"] for rec, _ in records.values())
-    written = sum(rec["documents"] for rec, _ in records.values())
-    if written == 0:
-        raise DataError(
-            f"no documents written: all {stats.documents_read:,} documents read were skipped ({skipped})"
-            + (f"; e.g. {stats.bad_record_examples[0]}" if stats.bad_record_examples else "")
-        )
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "segment_length": segment_length,
-        "token_dtype": dtype.name,
-        "tokenizer": {"path": TOKENIZER_SUBDIR, **identity},
-        "settings": settings,
-        "inputs": state["inputs"],
-        "splits": {split: _finish_split(out, split, records) for split in splits},
-        "stats": {
-            "documents_read": stats.documents_read,
-            "documents_written": written,
-            "skipped": skipped,
-            "invalid_utf8": stats.invalid_utf8,
-        },
-    }
-    write_json_atomic(out / MANIFEST_NAME, manifest)
-    shutil.rmtree(out / PROGRESS_DIR)
+        return run_sliced(inputs, tokenizer, output, segment_length, options, num_slices, slice_index, merge, overwrite)
+    job = _make_job(inputs, tokenizer, output, segment_length, options)
+    if _prepare_output(job.out, job.state, overwrite) == "complete":
+        return summary_from_manifest(job.out, time.perf_counter() - started, job.workers)
+    result = tokenize_into(job, job.out, job.state, job.reader)
+    stats = read_statistics(job.reader.stats, result.records)
+    check_written(stats, job.reader.stats.bad_record_examples)
+    manifest = write_manifest(job, result.tokenizer, result.records, stats)
+    shutil.rmtree(job.out / PROGRESS_DIR)
     return ShardingSummary(
-        output=str(out),
-        documents_read=stats.documents_read,
-        documents_written=written,
-        skipped=skipped,
-        invalid_utf8=stats.invalid_utf8,
-        splits=_split_totals(manifest),
-        shards_written=len(records) - len(done),
-        shards_reused=len(done),
-        tokens_this_run=pipeline.tokens,
+        output=str(job.out),
+        documents_read=stats["documents_read"],
+        documents_written=stats["documents_written"],
+        skipped=stats["skipped"],
+        invalid_utf8=stats["invalid_utf8"],
+        splits=split_totals(manifest["splits"]),
+        shards_written=len(result.records) - result.reused,
+        shards_reused=result.reused,
+        tokens_this_run=result.tokens,
         seconds=time.perf_counter() - started,
-        workers=workers,
-        ignored_files=stats.ignored_files,
-        bad_record_examples=stats.bad_record_examples,
+        workers=job.workers,
+        ignored_files=job.reader.stats.ignored_files,
+        bad_record_examples=job.reader.stats.bad_record_examples,
     )
 
 
-def _finish_split(out: Path, split: str, records: dict) -> dict[str, Any]:
+def finish_split(out: Path, split: str, records: dict) -> dict[str, Any]:
     """Write the split's index.npy; its manifest entry."""
     shards = sorted((shard, rec, rows) for (s, shard), (rec, rows) in records.items() if s == split)
     index = np.concatenate([rows for _, _, rows in shards]) if shards else np.zeros(0, dtype=INDEX_DTYPE)
@@ -534,14 +666,16 @@ def _finish_split(out: Path, split: str, records: dict) -> dict[str, Any]:
     }
 
 
-def _split_totals(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
+def split_totals(splits: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Documents, segments, tokens and shards of each split of a manifest's `splits`."""
     return {
         split: {k: entry[k] for k in ("documents", "segments", "tokens")} | {"shards": len(entry["shards"])}
-        for split, entry in manifest["splits"].items()
+        for split, entry in splits.items()
     }
 
 
-def _summary_from_manifest(out: Path, seconds: float, workers: int) -> ShardingSummary:
+def summary_from_manifest(out: Path, seconds: float, workers: int, label: str = "shard directory") -> ShardingSummary:
+    """The summary of a finished SHARD_DIR that a run found complete (nothing to do)."""
     manifest = read_manifest(out)
     stats = manifest["stats"]
     return ShardingSummary(
@@ -550,13 +684,14 @@ def _summary_from_manifest(out: Path, seconds: float, workers: int) -> ShardingS
         documents_written=stats["documents_written"],
         skipped=stats["skipped"],
         invalid_utf8=stats["invalid_utf8"],
-        splits=_split_totals(manifest),
+        splits=split_totals(manifest["splits"]),
         shards_written=0,
         shards_reused=sum(len(e["shards"]) for e in manifest["splits"].values()),
         tokens_this_run=0,
         seconds=seconds,
         workers=workers,
         already_complete=True,
+        label=label,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -35,7 +36,8 @@ class MetricsLogger:
         if mode != "disabled":
             import wandb
 
-            self.wandb_id = wandb_id or wandb.util.generate_id()
+            # wandb run ids are [a-z0-9]; made here (wandb's own helper moved between versions)
+            self.wandb_id = wandb_id or secrets.token_hex(4)
             self.wandb_run = wandb.init(
                 project=wandb_project, name=wandb_name or Path(run_dir).name, id=self.wandb_id, resume="allow",
                 mode=mode, dir=str(run_dir), config=config,

@@ -1,0 +1,552 @@
+"""Sharding in slices (e.g. one Slurm array task each, slurm/prepare_data.sh) and merging the slices.
+
+    shard_documents(..., num_slices=N, slice_index=I)   # N tasks, on any nodes sharing the filesystem
+    shard_documents(..., num_slices=N, merge=True)      # once, after all N succeeded
+
+give the SHARD_DIR that `shard_documents(...)` without them gives: the same files, byte for byte.
+
+The slice rule (`plan_slices`). The inputs are resolved in reading order (sources.py) and laid end to end,
+each weighing its size in bytes (a saved dataset: its files; a 🤗 dataset name: 0). T is the total.
+
+* At least N inputs: slice I is a contiguous run of whole inputs. The cut between slices I-1 and I is the
+  input boundary nearest to I*T/N bytes (the earlier one on a tie), every slice keeping at least one input.
+* Fewer inputs than slices: slice I covers bytes [I*T//N, (I+1)*T//N) of the inputs laid end to end. An
+  uncompressed JSON lines file (.jsonl, or a .json that is not one JSON array) is cut at line starts: a
+  line belongs to the slice holding its first byte. Any other input (a .txt is one document; compressed
+  files, .parquet, datasets) is read whole by the slice holding its first byte, so a slice may be empty.
+
+Either way the slices' documents, concatenated in slice order, are the single-process document stream.
+A slice beginning inside a file reads that file's bytes before its range once, only to count lines (a
+sample names its source as `file:line`); it tokenizes nothing outside its range.
+
+A slice (`shard_slice`) runs the single-process pipeline (sharding.tokenize_into) over its documents into
+its own folder, `SHARD_DIR/.slices/slice-IIIII/`, a small shard directory with shards numbered from 0 in
+the slice, its own `.progress/` and tokenizer copy, and `slice.json`, written last, which marks the slice
+done: its state (settings, inputs, N, I), its parts, the positions each split took (documents, those
+without tokens included), shard records and read statistics. A slice writes nothing outside its folder
+(so slices may run at once on several nodes) and never `manifest.json` or `SHARD_DIR/tokenizer/`; re-run,
+it resumes from its finished shards, or does nothing when `slice.json` is there.
+
+The merge (`merge_slices`) checks that all N slices are done with this run's settings and inputs
+(IncompleteSlicesError naming the others: exit status 1 of the script), then re-numbers the samples: the
+n-th document of a split over all slices (slice I's local position plus the positions of the slices
+before it) goes to shard n // K, position n % K, exactly as in a single run. Only the tar headers of each
+sample change (its key `{split}-{shard:06d}-{pos:06d}`); the token arrays are copied as they are. It
+writes the tokenizer copy, the shards, each `index.npy` and `manifest.json` (stats summed over the
+slices), then removes `.slices/`. Re-running it after that does nothing; an interrupted merge starts over
+from the slices, which are only removed at the end.
+"""
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import os
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import DataError
+from .manifest import INDEX_DTYPE
+from .sharding import (
+    _OWNED,
+    PROGRESS_DIR,
+    SLICES_DIR,
+    Job,
+    ShardingSummary,
+    _entries,
+    _make_job,
+    _ShardWriter,
+    check_written,
+    copy_tokenizer,
+    differences,
+    finish_split,
+    finished_state,
+    read_statistics,
+    refusal,
+    remove_entries,
+    shard_name,
+    split_totals,
+    summary_from_manifest,
+    tokenize_into,
+    write_json_atomic,
+    write_manifest,
+)
+from .shardio import TAR_BLOCK, tar_header
+from .sources import _MAX_KEPT_MESSAGES, Document, DocumentReader, Source, _open_binary
+
+SLICE_INFO = "slice.json"
+_COUNT_CHUNK = 1 << 24
+
+
+class IncompleteSlicesError(DataError):
+    """The merge found slices missing, unfinished, damaged or made with other settings (named in the message)."""
+
+
+def slice_dir(out: Path, index: int) -> Path:
+    """The folder of slice `index` inside the SHARD_DIR `out`."""
+    return out / SLICES_DIR / f"slice-{index:05d}"
+
+
+def slice_state(state: dict[str, Any], index: int, count: int) -> dict[str, Any]:
+    """A slice's state: the run's settings and inputs, and which slice of how many."""
+    return {**state, "slices": {"count": count, "index": index}}
+
+
+# -- the slice rule -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """One input of a slice: all of it (start = end = None), or its lines that start in bytes [start, end)."""
+
+    source: Source
+    start: int | None = None
+    end: int | None = None
+
+    def describe(self) -> str:
+        where = self.source.location
+        return where if self.start is None else f"{where} bytes [{self.start}, {self.end})"
+
+
+def _weight(source: Source) -> int:
+    """An input's size in bytes, for balancing the slices (0 for a 🤗 dataset name)."""
+    path = Path(source.location)
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return 0
+
+
+def _line_splittable(source: Source) -> bool:
+    """An uncompressed JSON lines file (the test DocumentReader applies to tell lines from one array)."""
+    if source.kind != "json" or source.compression:
+        return False
+    with _open_binary(source.location, None) as f:
+        return f.peek(1 << 16).lstrip()[:1] != b"["
+
+
+def plan_slices(sources: list[Source], count: int) -> list[list[Part]]:
+    """The parts of each of `count` slices of `sources` (see the module docstring for the rule)."""
+    weights = [_weight(s) for s in sources]
+    if len(sources) >= count:
+        cuts = _input_cuts(weights, count)
+        return [[Part(s) for s in sources[a:b]] for a, b in zip(cuts, cuts[1:])]
+    return _byte_ranges(sources, weights, count)
+
+
+def _input_cuts(weights: list[int], count: int) -> list[int]:
+    """Cut points 0 = c0 < c1 < ... < cN = len(weights): slice I holds inputs [cI, cI+1)."""
+    ends = list(itertools.accumulate(weights))
+    total = ends[-1]
+    cuts = [0]
+    for i in range(1, count):
+        lo, hi = cuts[-1] + 1, len(weights) - (count - i)
+        after = bisect.bisect_left(ends, i * total, key=lambda end: end * count) + 1  # first end >= i*T/N
+        candidates = [c for c in (after - 1, after) if lo <= c <= hi] or [min(max(after, lo), hi)]
+        cuts.append(min(candidates, key=lambda c: (abs(ends[c - 1] * count - i * total), c)))
+    return cuts + [len(weights)]
+
+
+def _byte_ranges(sources: list[Source], weights: list[int], count: int) -> list[list[Part]]:
+    """Slices of the inputs laid end to end, [I*T//N, (I+1)*T//N) each; whole inputs where not line-split."""
+    total = sum(weights)
+    bounds = [i * total // count for i in range(count + 1)]
+    slices: list[list[Part]] = [[] for _ in range(count)]
+    start = 0
+    for source, weight in zip(sources, weights):
+        if weight and _line_splittable(source):
+            for i in range(count):
+                a, b = max(bounds[i], start) - start, min(bounds[i + 1], start + weight) - start
+                if a < b:
+                    slices[i].append(Part(source) if (a, b) == (0, weight) else Part(source, a, b))
+        else:
+            slices[max(i for i in range(count) if bounds[i] <= start)].append(Part(source))
+        start += weight
+    return slices
+
+
+class SliceReader(DocumentReader):
+    """A DocumentReader over the parts of one slice (set `parts` before iterating): whole inputs as
+    DocumentReader reads them, byte ranges of JSON lines files line by line, with the same records,
+    line numbers, checks and counts as a read of the whole file."""
+
+    parts: list[Part] = []
+
+    def __iter__(self) -> Iterator[Document]:
+        readers = {"text": self._read_text, "json": self._read_json, "parquet": self._read_parquet,
+                   "saved_dataset": self._read_dataset, "dataset": self._read_dataset}  # fmt: skip
+        for part in self.parts:
+            if part.start is None:
+                yield from readers[part.source.kind](part.source)
+            else:
+                yield from self._read_json_range(part)
+
+    def _read_json_range(self, part: Part) -> Iterator[Document]:
+        location = part.source.location
+        with open(location, "rb", buffering=1 << 20) as f:
+            start, end = _line_start(f, part.start), _line_start(f, part.end)
+            lineno = _count_lines(f, start)
+            f.seek(start)
+            pos = start
+            while pos < end:
+                line = f.readline()
+                if not line:
+                    break
+                pos += len(line)
+                lineno += 1
+                if not line.isspace():  # blank lines are not records
+                    doc = self._json_line(line, f"{location}:{lineno}")
+                    if doc is not None:
+                        yield doc
+
+    def _json_line(self, line: bytes, where: str) -> Document | None:
+        """One JSON lines record, as DocumentReader._read_json reads it."""
+        invalid = False
+        try:
+            try:
+                record = json.loads(line)
+            except UnicodeDecodeError:
+                record, invalid = json.loads(line.decode("utf-8", "replace")), True
+        except json.JSONDecodeError as exc:
+            self.stats.documents_read += 1
+            self._bad(where, f"malformed JSON ({exc.msg} at column {exc.colno})")
+            return None
+        return self._from_record(record, where, invalid)
+
+
+def _line_start(f: Any, offset: int) -> int:
+    """The first line start at or after `offset` in the binary file `f`."""
+    if offset == 0:
+        return 0
+    f.seek(offset - 1)
+    return offset - 1 + len(f.readline())
+
+
+def _count_lines(f: Any, end: int) -> int:
+    """Newlines in the first `end` bytes of `f`."""
+    f.seek(0)
+    lines, left = 0, end
+    while left > 0:
+        chunk = f.read(min(_COUNT_CHUNK, left))
+        if not chunk:
+            break
+        lines += chunk.count(b"\n")
+        left -= len(chunk)
+    return lines
+
+
+# -- entry point ---------------------------------------------------------------------------------------
+
+
+def run_sliced(
+    inputs: list[str],
+    tokenizer: str | os.PathLike,
+    output: str | os.PathLike,
+    segment_length: int,
+    options: dict[str, Any],
+    num_slices: int | None,
+    slice_index: int | None,
+    merge: bool,
+    overwrite: bool,
+) -> ShardingSummary:
+    """Check the slice arguments, then run one slice or the merge (shard_documents' sliced mode)."""
+    started = time.perf_counter()
+    if num_slices is None or num_slices < 1:
+        raise DataError(f"--num-slices must be a positive integer with --slice-index or --merge, got {num_slices}")
+    if merge == (slice_index is not None):
+        raise DataError("with --num-slices, give either --slice-index I (tokenize slice I) or --merge, not both")
+    if slice_index is not None and not 0 <= slice_index < num_slices:
+        raise DataError(f"--slice-index must be in [0, {num_slices - 1}] for --num-slices {num_slices}, got {slice_index}")
+    job = _make_job(inputs, tokenizer, output, segment_length, options, DocumentReader if merge else SliceReader)
+    if merge:
+        return merge_slices(job, num_slices, overwrite, started)
+    return shard_slice(job, slice_index, num_slices, overwrite, started)
+
+
+def _finished(job: Job, overwrite: bool) -> bool:
+    """Whether the SHARD_DIR is already finished with this run's state (read only; safe alongside other slices).
+
+    DataError when it is not a shard directory, or finished with other settings (unless `overwrite`: the
+    merge then replaces it)."""
+    previous = finished_state(job.out, _entries(job.out))
+    if previous is None or (previous != job.state and overwrite):
+        return False
+    if previous != job.state:
+        raise refusal(job.out, "a finished shard set", previous, job.state)
+    return True
+
+
+# -- one slice -----------------------------------------------------------------------------------------
+
+
+def shard_slice(job: Job, index: int, count: int, overwrite: bool, started: float) -> ShardingSummary:
+    """Tokenize slice `index` of `count` into SHARD_DIR/.slices/slice-IIIII/ (resuming); its summary."""
+    label = f"slice {index} of {count} (0-based)"
+    if _finished(job, overwrite):
+        return summary_from_manifest(job.out, time.perf_counter() - started, job.workers, f"{label}: already merged into")
+    directory = slice_dir(job.out, index)
+    state = slice_state(job.state, index, count)
+    info = _prepare_slice(directory, state, overwrite, label)
+    if info is not None:
+        return _slice_summary(directory, info, label, time.perf_counter() - started, job, already_complete=True)
+    parts = plan_slices(job.reader.sources, count)[index]
+    job.reader.parts = parts
+    result = tokenize_into(job, directory, state, job.reader)
+    info = {
+        "state": state,
+        "parts": [p.describe() for p in parts],
+        "positions": result.positions,
+        "splits": {split: finish_split(directory, split, result.records) for split in job.splits},
+        "stats": read_statistics(job.reader.stats, result.records),
+        "bad_record_examples": job.reader.stats.bad_record_examples,
+    }
+    write_json_atomic(directory / SLICE_INFO, info)  # last: marks the slice done
+    shutil.rmtree(directory / PROGRESS_DIR)
+    summary = _slice_summary(directory, info, label, time.perf_counter() - started, job)
+    summary.shards_written, summary.shards_reused = len(result.records) - result.reused, result.reused
+    summary.tokens_this_run = result.tokens
+    return summary
+
+
+def _prepare_slice(directory: Path, state: dict[str, Any], overwrite: bool, label: str) -> dict[str, Any] | None:
+    """Make the slice's folder ready; its slice.json when the slice is already done with `state`.
+
+    An unfinished slice with the same state is resumed; a slice of another run (settings, inputs, or
+    --num-slices) is refused unless `overwrite`, which deletes it; leftovers without a record are deleted."""
+    done, running = directory / SLICE_INFO, directory / PROGRESS_DIR / "state.json"
+    previous = None
+    if done.is_file():
+        info = json.loads(done.read_text(encoding="utf-8"))
+        if info.get("state") == state:
+            return info
+        previous, what = info.get("state", {}), f"a finished {label}"
+    elif running.is_file():
+        previous, what = json.loads(running.read_text(encoding="utf-8")), f"an unfinished {label}"
+    if previous is not None and previous != state and not overwrite:
+        raise refusal(directory, what, previous, state)
+    if previous != state and directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _slice_summary(
+    directory: Path, info: dict, label: str, seconds: float, job: Job, already_complete: bool = False
+) -> ShardingSummary:
+    stats = info["stats"]
+    return ShardingSummary(
+        output=str(directory),
+        documents_read=stats["documents_read"],
+        documents_written=stats["documents_written"],
+        skipped=stats["skipped"],
+        invalid_utf8=stats["invalid_utf8"],
+        splits=split_totals(info["splits"]),
+        shards_written=0,
+        shards_reused=sum(len(e["shards"]) for e in info["splits"].values()),
+        tokens_this_run=0,
+        seconds=seconds,
+        workers=job.workers,
+        already_complete=already_complete,
+        label=label,
+        ignored_files=job.reader.stats.ignored_files,
+        bad_record_examples=info["bad_record_examples"],
+    )
+
+
+# -- the merge -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Slice:
+    """A finished slice: its index, folder and slice.json."""
+
+    index: int
+    directory: Path
+    info: dict[str, Any] = field(repr=False)
+
+
+def merge_slices(job: Job, count: int, overwrite: bool, started: float) -> ShardingSummary:
+    """Merge the `count` finished slices into the SHARD_DIR (see the module docstring); its summary."""
+    out = job.out
+    if _finished(job, overwrite):
+        remove_entries(out, (SLICES_DIR,))  # left by a merge interrupted after its manifest
+        return summary_from_manifest(out, time.perf_counter() - started, 0, "shard directory (merged)")
+    slices = finished_slices(out, job.state, count)
+    remove_entries(out, tuple(name for name in _OWNED if name != SLICES_DIR))
+    for split in job.splits:
+        (out / split).mkdir(parents=True)
+    (out / PROGRESS_DIR).mkdir()
+    tok = copy_tokenizer(job, out)
+    records: dict[tuple[str, int], tuple[dict[str, Any], np.ndarray]] = {}
+    for split in job.splits:
+        _merge_split(out, split, slices, job.settings["docs_per_shard"], records)
+    stats = _sum_statistics([s.info["stats"] for s in slices])
+    examples = [e for s in slices for e in s.info["bad_record_examples"]][:_MAX_KEPT_MESSAGES]
+    check_written(stats, examples)
+    manifest = write_manifest(job, tok, records, stats)
+    shutil.rmtree(out / PROGRESS_DIR)
+    shutil.rmtree(out / SLICES_DIR)
+    return ShardingSummary(
+        output=str(out),
+        documents_read=stats["documents_read"],
+        documents_written=stats["documents_written"],
+        skipped=stats["skipped"],
+        invalid_utf8=stats["invalid_utf8"],
+        splits=split_totals(manifest["splits"]),
+        shards_written=len(records),
+        shards_reused=0,
+        tokens_this_run=0,
+        seconds=time.perf_counter() - started,
+        workers=0,
+        label=f"shard directory (merged from {count} slice{'s' if count > 1 else ''})",
+        ignored_files=job.reader.stats.ignored_files,
+        bad_record_examples=examples,
+    )
+
+
+def finished_slices(out: Path, state: dict[str, Any], count: int) -> list[_Slice]:
+    """The `count` slices of this run, all done; IncompleteSlicesError naming each one that is not."""
+    slices, problems = [], []
+    for index in range(count):
+        directory = slice_dir(out, index)
+        problem, info = _slice_problem(directory, slice_state(state, index, count))
+        if problem:
+            problems.append(f"slice {index} {problem}")
+        else:
+            slices.append(_Slice(index, directory, info))
+    if problems:
+        raise IncompleteSlicesError(
+            f"cannot merge {out}: {len(problems)} of {count} slices not ready: " + "; ".join(problems) + ". Run each "
+            f"with the same arguments and --num-slices {count} --slice-index I (slurm/prepare_data.sh re-runs them "
+            "all, keeping the finished ones), then merge again"
+        )
+    return slices
+
+
+def _slice_problem(directory: Path, state: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """(what is wrong with the slice in `directory`, or None; its slice.json)."""
+    if not (directory / SLICE_INFO).is_file():
+        return ("is missing" if not directory.exists() else f"is unfinished (no {SLICE_INFO} in {directory}: "
+                "interrupted, failed or still running)"), {}
+    info = json.loads((directory / SLICE_INFO).read_text(encoding="utf-8"))
+    if info.get("state") != state:
+        return (f"was made by another run ({', '.join(differences(info.get('state', {}), state))} differ): "
+                "re-run it with --overwrite"), info
+    for entry in info["splits"].values():
+        for shard in entry["shards"]:
+            path = directory / shard["path"]
+            if not path.is_file() or path.stat().st_size != shard["bytes"]:
+                return f"is damaged ({path} is missing or truncated): delete {directory} and run it again", info
+    return None, info
+
+
+def _sum_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The slices' read statistics added up (a skip reason appears when any slice has it)."""
+    skipped: dict[str, int] = {}
+    for stats in parts:
+        for reason, n in stats["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + n
+    total = {key: sum(stats[key] for stats in parts) for key in ("documents_read", "documents_written", "invalid_utf8")}
+    return total | {"skipped": skipped}
+
+
+def _merge_split(out: Path, split: str, slices: list[_Slice], docs_per_shard: int, records: dict) -> None:
+    """Write the shards of `split` from the slices' samples, re-numbered over all slices."""
+    merger = _SplitMerger(out, split, docs_per_shard, sum(s.info["positions"][split] for s in slices), records)
+    base = 0
+    for s in slices:
+        for local, sample, tokens, segments in _slice_samples(s, split, docs_per_shard):
+            merger.add(base + local, sample, tokens, segments)
+        base += s.info["positions"][split]
+    merger.finish()
+
+
+class _SplitMerger:
+    """Samples of one split, in order, into the shards of the SHARD_DIR: position n (over all slices, those
+    without tokens counted) → shard n // K, position n % K; every shard up to the last position is written,
+    as the single-process run writes it (an all-`no_tokens` shard too, empty)."""
+
+    def __init__(self, out: Path, split: str, docs_per_shard: int, positions: int, records: dict) -> None:
+        self.out, self.split, self.docs_per_shard, self.records = out, split, docs_per_shard, records
+        self.positions = positions
+        self.writer: _ShardWriter | None = None
+        self.next_shard = 0
+
+    def add(self, n: int, sample: bytes, tokens: int, segments: int) -> None:
+        shard, pos = divmod(n, self.docs_per_shard)
+        while self.next_shard <= shard:
+            self._open_next()
+        sample = rekey(sample, f"{self.split}-{shard:06d}-{pos:06d}")
+        self.writer.add(sample, tokens, segments, zlib.crc32(sample))
+
+    def finish(self) -> None:
+        while self.next_shard < -(-self.positions // self.docs_per_shard):
+            self._open_next()
+        self._commit()
+
+    def _open_next(self) -> None:
+        self._commit()
+        self.writer = _ShardWriter(self.out, self.split, self.next_shard)
+        self.next_shard += 1
+
+    def _commit(self) -> None:
+        if self.writer is None:
+            return
+        writer, self.writer = self.writer, None
+        size = min(self.docs_per_shard, self.positions - writer.shard * self.docs_per_shard)
+        writer.no_tokens = size - len(writer.rows)
+        self.records[(self.split, writer.shard)] = (writer.commit(), np.array(writer.rows, dtype=INDEX_DTYPE))
+
+
+def _slice_samples(s: _Slice, split: str, docs_per_shard: int) -> Iterator[tuple[int, bytes, int, int]]:
+    """(local position, sample bytes, tokens, segments) of each sample of `split` in slice `s`, in order;
+    IncompleteSlicesError when a sample does not match the slice's index (a damaged slice)."""
+    rows = np.load(s.directory / split / "index.npy", allow_pickle=False)
+    current, f = -1, None
+    try:
+        for row in rows:
+            shard = int(row["shard"])
+            if shard != current:
+                if f is not None:
+                    f.close()
+                current, f = shard, open(s.directory / shard_name(split, shard), "rb", buffering=1 << 20)
+            f.seek(int(row["offset"]))
+            sample = f.read(int(row["length"]))
+            if len(sample) != int(row["length"]) or zlib.crc32(sample) != int(row["crc32"]):
+                raise IncompleteSlicesError(
+                    f"slice {s.index} is damaged: {s.directory / shard_name(split, shard)} at byte {int(row['offset'])} "
+                    f"does not match its index; delete {s.directory}, run slice {s.index} again, then merge again"
+                )
+            local = _local_position(sample, split, docs_per_shard)
+            yield local, sample, int(row["num_tokens"]), int(row["num_segments"])
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _local_position(sample: bytes, split: str, docs_per_shard: int) -> int:
+    """The position in its slice of a sample keyed `{split}-{shard}-{pos}`: shard * K + pos."""
+    key = sample[:100].split(b"\0", 1)[0].decode("utf-8").partition(".")[0]
+    prefix, shard, pos = key.rsplit("-", 2)
+    if prefix != split:
+        raise DataError(f"sample {key} found in split {split!r}")
+    return int(shard) * docs_per_shard + int(pos)
+
+
+def rekey(sample: bytes, key: str) -> bytes:
+    """A sample's tar bytes with every member renamed to `key`.EXT (new headers, the same data)."""
+    view, parts, pos = memoryview(sample), [], 0
+    while pos < len(view):
+        name = bytes(view[pos : pos + 100]).split(b"\0", 1)[0].decode("utf-8")
+        size = int(bytes(view[pos + 124 : pos + 136]).strip(b"\0 ") or b"0", 8)
+        end = pos + TAR_BLOCK + size + (-size % TAR_BLOCK)
+        parts += (tar_header(f"{key}.{name.partition('.')[2]}", size), view[pos + TAR_BLOCK : end])
+        pos = end
+    return b"".join(parts)
