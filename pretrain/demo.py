@@ -146,7 +146,7 @@ def probe(export_dir: Path, corpus: Path, shards: Path, max_docs: int) -> dict:
     records = [json.loads(line) for line in corpus.read_text().splitlines()]
     held_out = [r for r in records if split_of(r["text"].encode(), val_fraction) == "val"][:max_docs]
     model = AutoModelForSeq2SeqLM.from_pretrained(export_dir, trust_remote_code=True)
-    tokenizer = AutoTokenizer.from_pretrained(export_dir)
+    tokenizer = AutoTokenizer.from_pretrained(export_dir, trust_remote_code=True)  # v5 asks otherwise
     values = sorted({v for r in records for v in (f["value"] for f in r["facts"])})
     result = recall_probe(model, tokenizer, held_out, segment_length=manifest["segment_length"], values=values)
     print(f"{result.facts} facts in {len(held_out)} held-out documents, each recalled >= 2 segments after it was "

@@ -15,6 +15,7 @@ import argparse
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,6 +31,9 @@ from memformers.training.metrics import MetricsLogger
 from memformers.training.recurrence import loss_weights, run_rollout
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; run again to continue
+
+# DeepSpeed calls a torch collective that torch deprecates, once per step: keep the progress bar readable
+warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
 
 
 class StopRequest:
