@@ -71,12 +71,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer repeats")
     parser.add_argument("--only", default=",".join(MODULES), help="comma-separated subset of " + ",".join(MODULES))
     args = parser.parse_args()
-    sections = {}
+    # results of every benchmark, kept so that `--only` refreshes some sections and keeps the others
+    store = REPO / "bench" / "results.json"
+    sections = json.loads(store.read_text()) if store.is_file() else {}
     for key in args.only.split(","):
         print(f"running {MODULES[key][0]} ...", flush=True)
         sections[key] = run_module(MODULES[key][0], args.quick)
         for r in sections[key]:
             print(f"  {r['name']}: {r['value']} (target {r['target']})", flush=True)
+    sections = {key: sections[key] for key in MODULES if key in sections}
+    store.write_text(json.dumps(sections, indent=2) + "\n")
     (REPO / "BENCHMARKS.md").write_text(render(sections, args.quick))
     print(f"wrote {REPO / 'BENCHMARKS.md'}")
     return 0
