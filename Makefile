@@ -25,7 +25,7 @@ $(VENV)/.installed: setup.py
 	@touch $@
 
 demo: venv
-	$(PY) -m memformers.demo
+	$(PY) pretrain/demo.py
 
 test: venv
 	# one OpenMP thread per process: tests run several processes on few cores, and oversubscription is 20-40x slower
