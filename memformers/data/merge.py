@@ -73,6 +73,7 @@ from .sharding import (
     shard_name,
     split_totals,
     summary_from_manifest,
+    summary_of,
     tokenize_into,
     write_json_atomic,
     write_manifest,
@@ -340,24 +341,9 @@ def _prepare_slice(directory: Path, state: dict[str, Any], overwrite: bool, labe
 def _slice_summary(
     directory: Path, info: dict, label: str, seconds: float, job: Job, already_complete: bool = False
 ) -> ShardingSummary:
-    stats = info["stats"]
-    return ShardingSummary(
-        output=str(directory),
-        documents_read=stats["documents_read"],
-        documents_written=stats["documents_written"],
-        skipped=stats["skipped"],
-        invalid_utf8=stats["invalid_utf8"],
-        splits=split_totals(info["splits"]),
-        shards_written=0,
-        shards_reused=sum(len(e["shards"]) for e in info["splits"].values()),
-        tokens_this_run=0,
-        seconds=seconds,
-        workers=job.workers,
-        already_complete=already_complete,
-        label=label,
-        ignored_files=job.reader.stats.ignored_files,
-        bad_record_examples=info["bad_record_examples"],
-    )
+    return summary_of(info, directory, seconds, job.workers, label=label, already_complete=already_complete,
+                      ignored_files=job.reader.stats.ignored_files,
+                      bad_record_examples=info["bad_record_examples"])
 
 
 # -- the merge -----------------------------------------------------------------------------------------

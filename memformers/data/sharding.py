@@ -674,25 +674,31 @@ def split_totals(splits: dict[str, Any]) -> dict[str, dict[str, int]]:
     }
 
 
-def summary_from_manifest(out: Path, seconds: float, workers: int, label: str = "shard directory") -> ShardingSummary:
-    """The summary of a finished SHARD_DIR that a run found complete (nothing to do)."""
-    manifest = read_manifest(out)
-    stats = manifest["stats"]
+def summary_of(record: dict[str, Any], output: Path, seconds: float, workers: int, *, label: str,
+               already_complete: bool, **extra: Any) -> ShardingSummary:
+    """The summary of finished work from its record (a manifest, or a slice's slice.json): nothing written now."""
+    stats = record["stats"]
     return ShardingSummary(
-        output=str(out),
+        output=str(output),
         documents_read=stats["documents_read"],
         documents_written=stats["documents_written"],
         skipped=stats["skipped"],
         invalid_utf8=stats["invalid_utf8"],
-        splits=split_totals(manifest["splits"]),
+        splits=split_totals(record["splits"]),
         shards_written=0,
-        shards_reused=sum(len(e["shards"]) for e in manifest["splits"].values()),
+        shards_reused=sum(len(e["shards"]) for e in record["splits"].values()),
         tokens_this_run=0,
         seconds=seconds,
         workers=workers,
-        already_complete=True,
+        already_complete=already_complete,
         label=label,
+        **extra,
     )
+
+
+def summary_from_manifest(out: Path, seconds: float, workers: int, label: str = "shard directory") -> ShardingSummary:
+    """The summary of a finished SHARD_DIR that a run found complete (nothing to do)."""
+    return summary_of(read_manifest(out), out, seconds, workers, label=label, already_complete=True)
 
 
 def _progress_bar(enabled: bool) -> Any:

@@ -56,9 +56,10 @@ def segment_forward(model, batch: dict, memory: torch.Tensor, *, pad_id: int, de
         memory_resets=batch["resets"] if resets is None else resets,
         decoder_input_ids=decoder_inputs(labels, pad_id, decoder_start_id),
     )
+    logits = out.logits.float()  # [lanes, S, V]; (N, V) rows are the contiguous, fast layout for cross-entropy
     token_loss = F.cross_entropy(
-        out.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
-    )  # [lanes, S]
+        logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100, reduction="none"
+    ).view(labels.shape)  # [lanes, S]
     return token_loss.sum(dim=1), (labels != -100).sum(dim=1), out.memory_states
 
 
