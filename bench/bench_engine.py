@@ -17,6 +17,7 @@ Both run in fp32 on the CPU (bf16 on a CPU is emulated and would measure the emu
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import os
 import tempfile
@@ -26,6 +27,8 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `python bench/...`
 
 from bench.common import Result, interleaved
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset

@@ -10,10 +10,14 @@ target ratio ≤ 1.10.
 from __future__ import annotations
 
 import argparse
+import sys
 import json
+from pathlib import Path
 
 import torch
 from transformers import BartConfig, BartForConditionalGeneration
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: `python bench/...`
 
 from bench.common import Result, interleaved
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset
