@@ -207,20 +207,6 @@ class SliceReader(DocumentReader):
                     if doc is not None:
                         yield doc
 
-    def _json_line(self, line: bytes, where: str) -> Document | None:
-        """One JSON lines record, as DocumentReader._read_json reads it."""
-        invalid = False
-        try:
-            try:
-                record = json.loads(line)
-            except UnicodeDecodeError:
-                record, invalid = json.loads(line.decode("utf-8", "replace")), True
-        except json.JSONDecodeError as exc:
-            self.stats.documents_read += 1
-            self._bad(where, f"malformed JSON ({exc.msg} at column {exc.colno})")
-            return None
-        return self._from_record(record, where, invalid)
-
 
 def _line_start(f: Any, offset: int) -> int:
     """The first line start at or after `offset` in the binary file `f`."""

@@ -320,20 +320,23 @@ class DocumentReader:
             for lineno, line in enumerate(f, 1):
                 if not line or line.isspace():
                     continue  # blank lines are not records
-                where = f"{source.location}:{lineno}"
-                invalid = False
-                try:
-                    try:
-                        record = json.loads(line)
-                    except UnicodeDecodeError:
-                        record, invalid = json.loads(line.decode("utf-8", "replace")), True
-                except json.JSONDecodeError as exc:
-                    self.stats.documents_read += 1
-                    self._bad(where, f"malformed JSON ({exc.msg} at column {exc.colno})")
-                    continue
-                doc = self._from_record(record, where, invalid)
+                doc = self._json_line(line, f"{source.location}:{lineno}")
                 if doc is not None:
                     yield doc
+
+    def _json_line(self, line: bytes, where: str) -> Document | None:
+        """One JSON lines record (also read by merge.SliceReader for byte ranges of a file)."""
+        invalid = False
+        try:
+            try:
+                record = json.loads(line)
+            except UnicodeDecodeError:
+                record, invalid = json.loads(line.decode("utf-8", "replace")), True
+        except json.JSONDecodeError as exc:
+            self.stats.documents_read += 1
+            self._bad(where, f"malformed JSON ({exc.msg} at column {exc.colno})")
+            return None
+        return self._from_record(record, where, invalid)
 
     def _read_json_array(self, source: Source, data: bytes) -> Iterator[Document]:
         invalid = False
