@@ -7,6 +7,7 @@ however many test modules import the fixtures.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 import sys
@@ -27,7 +28,7 @@ DOCS_PER_SHARD = 16
 VAL_FRACTION = 0.2
 
 __all__ = [
-    "REPO", "SEGMENT_LENGTH", "NUM_SYNTHETIC_DOCS", "DOCS_PER_SHARD", "VAL_FRACTION", "varied_texts",
+    "REPO", "SEGMENT_LENGTH", "NUM_SYNTHETIC_DOCS", "DOCS_PER_SHARD", "VAL_FRACTION", "varied_texts", "data_prep_script",
     "synthetic_docs", "synthetic_jsonl", "varied_jsonl", "bpe_tokenizer", "unigram_tokenizer", "shard_dir",
 ]  # fmt: skip
 
@@ -38,6 +39,15 @@ def _once(name: str, build: Callable[[], Any]) -> Any:
     if name not in _CACHE:
         _CACHE[name] = build()
     return _CACHE[name]
+
+
+def data_prep_script(name: str):
+    """A data_prep script as a module, to call its main(argv) in this process."""
+    sys.path.insert(0, str(REPO / "data_prep"))
+    spec = importlib.util.spec_from_file_location(f"data_prep_{name}", REPO / "data_prep" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def varied_texts(count: int, seed: int = 0) -> list[str]:

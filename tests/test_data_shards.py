@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import random
 import sys
@@ -26,15 +25,6 @@ from memformers.data import (  # noqa: E402
     split_of,
 )
 from memformers.data import sharding  # noqa: E402
-
-
-def _script(name: str):
-    """A data_prep script as a module, to call its main(argv) in this process."""
-    sys.path.insert(0, str(REPO / "data_prep"))
-    spec = importlib.util.spec_from_file_location(f"data_prep_{name}", REPO / "data_prep" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _all_documents(shards: Path) -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
@@ -199,7 +189,7 @@ def test_split_is_a_stable_function_of_the_content(tmp_path: Path, synthetic_doc
 
 
 def test_inspect_shards_reports_statistics(shard_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    assert _script("inspect_shards").main([str(shard_dir), "--no-progress"]) == 0
+    assert data_prep_script("inspect_shards").main([str(shard_dir), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "train:" in out and "val:" in out and "segment length (tokens)" in out and "document length (segments)" in out
     assert "[segment 0," in out and "all shards verified" in out
@@ -223,7 +213,7 @@ def test_truncated_or_altered_shards_are_named(tmp_path: Path, shard_dir: Path, 
     data[int(row["offset"]) + 600] ^= 0xFF  # a token id byte of the shard's first sample
     (broken / altered).write_bytes(bytes(data))
 
-    assert _script("inspect_shards").main([str(broken), "--no-progress"]) == 1
+    assert data_prep_script("inspect_shards").main([str(broken), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert f"BAD {truncated}:" in err and f"BAD {altered}:" in err and "sha256" in err
     assert f"2 of {sum(len(e['shards']) for e in manifest['splits'].values())} shards bad" in err
@@ -242,11 +232,11 @@ def test_truncated_or_altered_shards_are_named(tmp_path: Path, shard_dir: Path, 
 
 def test_scripts_run_from_the_command_line(tmp_path: Path, synthetic_jsonl: Path, bpe_tokenizer: Path, capsys: pytest.CaptureFixture) -> None:
     tok = tmp_path / "tok"
-    assert _script("train_tokenizer").main(["--input", str(synthetic_jsonl), "--vocab-size", "400", "--output", str(tok), "--no-progress"]) == 0
+    assert data_prep_script("train_tokenizer").main(["--input", str(synthetic_jsonl), "--vocab-size", "400", "--output", str(tok), "--no-progress"]) == 0
     assert "special ids        {'bos': 0, 'pad': 1, 'eos': 2, 'unk': 3, 'mask': 4}" in capsys.readouterr().out
     out = tmp_path / "shards"
     base = ["--input", str(synthetic_jsonl), "--tokenizer", str(tok), "--output", str(out), "--workers", "1", "--no-progress"]
-    shard = _script("shard_documents").main
+    shard = data_prep_script("shard_documents").main
     assert shard([*base, "--segment-length", "48"]) == 0
     assert "reconciles: read = written + skipped" in capsys.readouterr().out
     assert shard([*base, "--segment-length", "48"]) == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -108,15 +107,6 @@ def _merge(inputs: list[str], tok: Path, out: Path, count: int, **extra):
     return shard_documents(inputs, tok, out, **(SETTINGS | extra), num_slices=count, merge=True)
 
 
-def _script(name: str):
-    """A data_prep script as a module, to call its main(argv) in this process."""
-    sys.path.insert(0, str(REPO / "data_prep"))
-    spec = importlib.util.spec_from_file_location(f"data_prep_{name}", REPO / "data_prep" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _cli_args(inputs: list[str], tok: Path, out: Path) -> list[str]:
     return ["--input", *inputs, "--tokenizer", str(tok), "--output", str(out), "--segment-length", "48",
             "--val-fraction", "0.3", "--docs-per-shard", "7", "--skip-bad-records", "--workers", "0", "--no-progress"]  # fmt: skip
@@ -146,7 +136,7 @@ def test_slices_then_merge_give_the_single_process_shard_dir(
     manifest = read_manifest(out)
     assert manifest["stats"]["skipped"]["no_tokens"] == 14 * (2 if corpus == "files" else 1)
     assert any(s["documents"] == 0 for split in manifest["splits"].values() for s in split["shards"])  # all no-token
-    assert _script("inspect_shards").main([str(out), "--no-progress", "--segments", "0"]) == 0
+    assert data_prep_script("inspect_shards").main([str(out), "--no-progress", "--segments", "0"]) == 0
 
 
 def _documents(reader: DocumentReader) -> list[tuple[str, str, str | None]]:
@@ -198,7 +188,7 @@ def test_missing_and_unfinished_slices_fail_the_merge_then_resume(
     capsys: pytest.CaptureFixture,
 ) -> None:  # fmt: skip
     inputs, out = corpora["big"], tmp_path / "sliced"
-    merge = _script("shard_documents").main
+    merge = data_prep_script("shard_documents").main
     for index in (0, 2):
         _slice(inputs, hash_tokenizer, out, 3, index)
     assert merge([*_cli_args(inputs, hash_tokenizer, out), "--num-slices", "3", "--merge"]) == 1
@@ -241,7 +231,7 @@ def test_reruns_do_nothing(
     _slice(inputs, hash_tokenizer, out, 2, 1)
     _merge(inputs, hash_tokenizer, out, 2)
     merged = _mtimes(out)
-    main = _script("shard_documents").main
+    main = data_prep_script("shard_documents").main
     assert main([*_cli_args(inputs, hash_tokenizer, out), "--num-slices", "2", "--merge"]) == 0
     assert "(already complete: nothing to do)" in capsys.readouterr().out
     assert main([*_cli_args(inputs, hash_tokenizer, out), "--num-slices", "2", "--slice-index", "1"]) == 0
@@ -289,7 +279,7 @@ def test_other_runs_are_refused(
     with pytest.raises(DataError, match=r"finished shard set made with different settings \(docs_per_shard\)"):
         _slice(inputs, hash_tokenizer, out, 2, 0, docs_per_shard=5)
 
-    main = _script("shard_documents").main
+    main = data_prep_script("shard_documents").main
     with pytest.raises(SystemExit) as exit_:
         main([*_cli_args(inputs, hash_tokenizer, out), "--merge"])
     assert exit_.value.code == 2 and "--slice-index and --merge need --num-slices N" in capsys.readouterr().err
