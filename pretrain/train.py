@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from memformers.data import SegmentStreamLoader, load_tokenizer, read_manifest
+from memformers.data import SegmentStreamLoader, load_tokenizer, read_manifest, special_ids
 from memformers.noising import BartDenoiser, token_tables
 from memformers.training.checkpoint import Checkpointer
 from memformers.training.config import ConfigError, load_config
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = read_manifest(cfg.data.path)
     tokenizer = load_tokenizer(cfg.data.path)
     segment_length = manifest["segment_length"]
-    special = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id,
-               "mask": tokenizer.mask_token_id}
+    special = special_ids(tokenizer)
     model = build_model(cfg, tokenizer_size=len(tokenizer), special_ids=special, segment_length=segment_length)
     engine = build_engine(model, cfg, runtime)
     model_config = engine.module.config
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                            wandb_id=wandb_id, config=cfg.to_dict())
     logger.write(f"{'resumed from ' + resume_tag if resume_tag else 'starting'} at step {step}: "
                  f"{runtime.world_size} ranks x {lanes} lanes, segment length {segment_length}, "
-                 f"{sum(p.numel() for p in model.parameters()):,} parameters")
+                 f"{sum(getattr(p, 'ds_numel', p.numel()) for p in model.parameters()):,} parameters")  # ZeRO-3: partitioned
     peak = cfg.logging.peak_tflops or peak_tflops(runtime.device)
     train_flops_per_token = flops_per_token(model_config)
 
@@ -147,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         nonlocal last_eval
         if not has_val:
             return
-        last_eval = {"step": step} | evaluate(engine, (to_device(b, runtime.device) for b in stream("val", 1)), lanes=lanes,
-                             memory=engine.module.construct_memory(lanes).to(runtime.device, dtype),
-                             positions=cfg.eval.positions, pad_id=pad_id, decoder_start_id=decoder_start_id,
-                             max_batches=cfg.eval.max_batches)
+        result = evaluate(engine, (to_device(b, runtime.device) for b in stream("val", 1)), lanes=lanes,
+                          memory=engine.module.construct_memory(lanes).to(runtime.device, dtype),
+                          positions=cfg.eval.positions, pad_id=pad_id, decoder_start_id=decoder_start_id,
+                          max_batches=cfg.eval.max_batches)
+        last_eval = {"step": step, **result}
         logger.log(last_eval)
         logger.write(f"step {step}: eval loss {last_eval['eval_loss']:.4f}, without memory "
                      f"{last_eval['eval_loss_no_memory']:.4f}, memory gain {last_eval['memory_gain']:+.4f}")
