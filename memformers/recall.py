@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from memformers.data import segment_ends, sentence_end_table
 from memformers.data.synthetic import QUESTION, STATEMENT
+from memformers.training.recurrence import decoder_inputs
 
 
 @dataclass
@@ -60,16 +62,15 @@ def _candidate_log_likelihoods(model, source: torch.Tensor, memory: torch.Tensor
     labels = torch.full((count, width), -100, dtype=torch.long, device=source.device)
     for row, target in enumerate(targets):
         labels[row, : len(target)] = torch.tensor(target, device=source.device)
-    decoder_input = labels.new_full(labels.shape, pad_id)
-    decoder_input[:, 1:] = labels[:, :-1].clamp(min=0).masked_fill(labels[:, :-1] == -100, pad_id)
-    decoder_input[:, 0] = decoder_start_id
+    decoder_input = decoder_inputs(labels, pad_id, decoder_start_id)
     encoder = model.get_encoder()(input_ids=source[None], memory_states=memory)
     states = encoder.last_hidden_state.expand(count, -1, -1)
     out = model(encoder_outputs=(states,), decoder_input_ids=decoder_input,
                 attention_mask=encoder.encoder_attention_mask.expand(count, -1))
-    log_probs = out.logits.float().log_softmax(-1)
-    picked = log_probs.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-    return (picked * (labels != -100)).sum(-1)
+    logits = out.logits.float()
+    token_loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100,
+                                 reduction="none")
+    return -token_loss.view(labels.shape).sum(-1)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers.models.bart.modeling_bart import shift_tokens_right
 
 
 def loss_weights(time_horizon: int, weighting: str) -> list[float]:
@@ -31,10 +32,7 @@ def loss_weights(time_horizon: int, weighting: str) -> list[float]:
 
 def decoder_inputs(labels: torch.Tensor, pad_id: int, decoder_start_id: int) -> torch.Tensor:
     """BART's teacher forcing: the target shifted right behind `decoder_start_id`, -100 read as padding."""
-    shifted = labels.new_full(labels.shape, pad_id)
-    shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, pad_id)
-    shifted[:, 0] = decoder_start_id
-    return shifted
+    return shift_tokens_right(labels, pad_id, decoder_start_id)
 
 
 def segment_forward(model, batch: dict, memory: torch.Tensor, *, pad_id: int, decoder_start_id: int,
