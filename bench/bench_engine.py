@@ -117,7 +117,7 @@ def step_efficiency(quick: bool) -> Result:
                                      seed=0, epochs=None, transform=denoiser.collate, prefetch=8)
         batches = iter(loader)
         weights = loss_weights(horizon, "uniform")
-        state = {"memory": engine.module.construct_memory(lanes), "tokens": 0, "bare_memory": None}
+        state = {"memory": engine.module.construct_memory(lanes), "tokens": 0}
         # the bare loop gets batches of exactly the shapes the full step sees
         prepared = [next(batches) for _ in range(horizon)]
         optimizer = torch.optim.AdamW(bare_model.parameters(), lr=1e-4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -335,16 +336,10 @@ def config_reference() -> str:
             value = getattr(instance, f.name)
             if dataclasses.is_dataclass(value):
                 continue
-            default = "—" if value in ("", None) else f"`{json_default(value)}`"
+            default = "—" if value in ("", None) else f"`{json.dumps(value)}`"
             lines.append(f"| `{prefix}{f.name}` | {_type_name(hints[f.name])} | {default} | {docs.get(f.name, '').replace('|', chr(92) + '|')} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-def json_default(value: Any) -> str:
-    import json
-
-    return json.dumps(value)
 
 
 if __name__ == "__main__":  # python -m memformers.training.config  → the reference, for README.md

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import secrets
-import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -45,7 +44,6 @@ class MetricsLogger:
         if progress_bar:
             self.bar = tqdm(total=max_steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
                             mininterval=1.0)
-        self._started = time.time()
 
     def _truncate_after(self, step: int) -> None:
         """A resumed run rewrites history from its checkpoint on: drop lines of steps after it (a killed run may
