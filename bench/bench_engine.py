@@ -133,7 +133,7 @@ def step_efficiency(quick: bool) -> Result:
         weights = loss_weights(horizon, "uniform")
         optimizer = torch.optim.AdamW(bare_model.parameters(), lr=1e-4)
         state = {"engine_memory": engine.module.construct_memory(lanes), "bare_memory": bare_model.construct_memory(lanes),
-                 "full": 0, "bare": 0}
+                 "bare": 0}
 
         def full_step():
             for _ in range(rollouts):
@@ -175,11 +175,15 @@ def step_efficiency(quick: bool) -> Result:
     )
 
 
+def rollout(model, segments: list[dict], replay: bool):
+    """One rollout over `segments` from a fresh memory."""
+    return run_rollout(model, segments, model.construct_memory(segments[0]["source_ids"].shape[0]),
+                       loss_weights(len(segments), "uniform"), replay=replay, pad_id=1, decoder_start_id=2)
+
+
 def rollout_backward(model, segments: list[dict], replay: bool) -> None:
-    """One rollout over `segments` and its backward: what a training step spends on memory recurrence."""
-    result = run_rollout(model, segments, model.construct_memory(segments[0]["source_ids"].shape[0]),
-                         loss_weights(len(segments), "uniform"), replay=replay, pad_id=1, decoder_start_id=2)
-    result.loss.backward()
+    """One rollout and its backward: what a training step spends on memory recurrence."""
+    rollout(model, segments, replay).loss.backward()
 
 
 def rollout_peak(model, horizon: int, replay: bool, lanes: int, length: int) -> int:
@@ -210,8 +214,7 @@ def replay_memory(quick: bool) -> list[Result]:
 
     def forward_only() -> None:
         with torch.no_grad():
-            run_rollout(model, segments, model.construct_memory(lanes), loss_weights(horizon, "uniform"),
-                        replay=False, pad_id=1, decoder_start_id=2)
+            rollout(model, segments, replay=False)
 
     times = interleaved({"replay": lambda: rollout_backward(model, segments, True),
                          "bptt": lambda: rollout_backward(model, segments, False),
@@ -248,8 +251,5 @@ def run(quick: bool = False) -> list[Result]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    quick = parser.parse_args().quick
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    for bench in (lambda: [step_efficiency(quick)], lambda: replay_memory(quick)):
-        for result in bench():
-            print(json.dumps(result.as_dict()), flush=True)
+    for result in run(parser.parse_args().quick):
+        print(json.dumps(result.as_dict()))
