@@ -7,7 +7,9 @@
 Plain truncated BPTT keeps every segment's activations until the one backward. With `replay=True` each segment runs
 under non-reentrant activation checkpointing: only the memories between segments (and each segment's inputs) stay
 alive, and each segment is recomputed during the single backward — Memformer's memory replay back-propagation, with
-one `engine.backward` per rollout so ZeRO's gradient hooks fire once per parameter, as ZeRO 0–3 require.
+one `engine.backward` per rollout so ZeRO's gradient hooks fire once per parameter, as ZeRO 0–3 require. The last
+segment is not checkpointed: the backward starts with it, so its activations would be rebuilt at once, and keeping
+them costs no more than the one recomputed segment the backward holds later (T-1 extra forwards, not T).
 """
 
 from __future__ import annotations
@@ -79,8 +81,9 @@ def run_rollout(model, segments: list[dict], memory: torch.Tensor, weights: list
     memory = memory.detach()
     loss = torch.zeros((), device=memory.device)
     loss_sum, tokens = torch.zeros((), device=memory.device), torch.zeros((), dtype=torch.long, device=memory.device)
-    for weight, batch in zip(weights, segments):
-        if replay:
+    last = len(segments) - 1
+    for t, (weight, batch) in enumerate(zip(weights, segments)):
+        if replay and t < last:
             lane_loss, lane_tokens, memory = checkpoint(
                 segment_forward, model, batch, memory, use_reentrant=False,
                 pad_id=pad_id, decoder_start_id=decoder_start_id,
