@@ -3,10 +3,11 @@
 Pipeline: the main process reads documents in input order (sources.py), assigns each to a split by a
 stable hash of its text (blake2b-64 of the UTF-8 bytes / 2**64 < val_fraction → val; the same text
 always lands on the same side) and to a shard position by its rank within the split (shard = n // K,
-position = n % K for the n-th document of the split, K = docs_per_shard), and sends chunks of
-documents to worker processes, which tokenize with the fast tokenizer (single-threaded each, special
-tokens in the text read as plain text), segment (segmenting.py) and encode the samples (shardio.py).
-Results come back in order, so the shards are byte-identical whatever the number of workers.
+position = n % K for the n-th document of the split, K = docs_per_shard), and sends chunks of texts
+to worker processes, which tokenize with the fast tokenizer (single-threaded each, special tokens in
+the text read as plain text) and segment (segmenting.py). Results come back in order and the main
+process encodes them as tar samples (shardio.py) into the shards, so the shards are byte-identical
+whatever the number of workers.
 
 Each shard is written to `shard-NNNNNN.tar.tmp`, renamed when complete and recorded in
 `SHARD_DIR/.progress/`; re-running the same command after an interruption re-reads the input but only
@@ -147,23 +148,27 @@ def _init_worker(tokenizer_json: str, is_end: np.ndarray, segment_length: int, d
     _WORKER.update(tokenizer=tokenizer, is_end=is_end, segment_length=segment_length, dtype=np.dtype(dtype))
 
 
-def _encode_chunk(items: list[tuple[str, str, dict[str, Any]]]) -> list[tuple[bytes, int, int, int] | None]:
-    """Tokenize, segment and encode documents: (sample bytes, tokens, segments, crc32), None if no tokens."""
+def _encode_chunk(texts: list[str]) -> list[tuple[bytes, bytes] | None]:
+    """Tokenize and segment documents: the bytes of the token ids (worker dtype) and of the segment ends
+    (little-endian uint32) of each, None if no tokens.
+
+    Only these compact bytes travel back (bytes pickle as a copy; arrays would pickle through
+    `__reduce__`); the writer (main process) wraps them as tar samples, which are mostly header and
+    padding bytes, so encoding them here would also triple what goes through the pipe.
+    """
     tokenizer, dtype = _WORKER["tokenizer"], _WORKER["dtype"]
-    encodings = tokenizer.encode_batch_fast([text for _, text, _ in items], add_special_tokens=False)
-    results: list[tuple[bytes, int, int, int] | None] = []
-    for (key, _, meta), encoding in zip(items, encodings):
+    results: list[tuple[bytes, bytes] | None] = []
+    for encoding in tokenizer.encode_batch_fast(texts, add_special_tokens=False):
         token_ids = encoding.ids
         if not token_ids:
             results.append(None)
             continue
         if len(token_ids) <= _PACK_LIMIT:  # struct packs a list about twice as fast as np.array converts it
-            ids = np.frombuffer(struct.pack(f"<{len(token_ids)}{dtype.char}", *token_ids), dtype=dtype)
+            ids = struct.pack(f"<{len(token_ids)}{dtype.char}", *token_ids)
         else:
-            ids = np.array(token_ids, dtype=dtype)
-        ends = segment_ends(ids, _WORKER["is_end"], _WORKER["segment_length"])
-        sample = encode_sample(key, ids, ends, meta)
-        results.append((sample, int(ids.size), int(ends.size), zlib.crc32(sample)))
+            ids = np.array(token_ids, dtype=dtype).tobytes()
+        ends = segment_ends(np.frombuffer(ids, dtype=dtype), _WORKER["is_end"], _WORKER["segment_length"])
+        results.append((ids, ends.astype("<u4", copy=False).tobytes()))
     return results
 
 
@@ -253,10 +258,11 @@ class _Pipeline:
     def __init__(self, out: Path, docs_per_shard: int, workers: int, init_args: tuple, records: dict, progress: bool, chunk_chars: int) -> None:
         self.out, self.docs_per_shard, self.workers, self.records = out, docs_per_shard, workers, records
         self.chunk_chars = chunk_chars
+        self.dtype = np.dtype(init_args[3])  # the token dtype the workers pack ids in
         self.writers: dict[str, _ShardWriter] = {}
         self.pending: collections.deque = collections.deque()
-        self.chunk: list[tuple[str, str, dict[str, Any]]] = []
-        self.slots: list[tuple[str, int, int]] = []
+        self.chunk: list[str] = []
+        self.slots: list[tuple[str, int, int, dict[str, Any]]] = []
         self.size = 0
         self.tokens = 0
         self.pool = None
@@ -281,8 +287,8 @@ class _Pipeline:
 
     def add(self, split: str, shard: int, pos: int, doc: Document) -> None:
         """Queue a document for (split, shard, position)."""
-        self.chunk.append((f"{split}-{shard:06d}-{pos:06d}", doc.text, {"id": doc.doc_id, "source": doc.source}))
-        self.slots.append((split, shard, pos))
+        self.chunk.append(doc.text)
+        self.slots.append((split, shard, pos, {"id": doc.doc_id, "source": doc.source}))
         self.size += len(doc.utf8)
         if self.size >= self.chunk_chars:
             self._submit()
@@ -305,15 +311,17 @@ class _Pipeline:
 
     def _finish_oldest(self) -> None:
         result, slots = self.pending.popleft()
-        for (split, shard, pos), encoded in zip(slots, result.get()):
+        for (split, shard, pos, meta), encoded in zip(slots, result.get()):
             writer = self.writers.get(split)
             if writer is None:
                 writer = self.writers[split] = _ShardWriter(self.out, split, shard)
             if encoded is None:
                 writer.no_tokens += 1
             else:
-                writer.add(*encoded)
-                self.tokens += encoded[1]
+                ids, ends = np.frombuffer(encoded[0], dtype=self.dtype), np.frombuffer(encoded[1], dtype="<u4")
+                sample = encode_sample(f"{split}-{shard:06d}-{pos:06d}", ids, ends, meta)
+                writer.add(sample, int(ids.size), int(ends.size), zlib.crc32(sample))
+                self.tokens += int(ids.size)
             if pos == self.docs_per_shard - 1:
                 self._commit(split)
         self.bar.update(len(slots))

@@ -15,6 +15,7 @@ reads a document directly from its byte span in `index.npy` (manifest.py) and ch
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import io
 import json
@@ -42,7 +43,12 @@ _NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (
 
 def npy_header(dtype: np.dtype, count: int) -> bytes:
     """The `.npy` (format 1.0) header of a 1-D array, as `np.save` writes it."""
-    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%d,), }" % (dtype.str, count)
+    return _npy_header(np.dtype(dtype).str, count)
+
+
+@functools.lru_cache(maxsize=4096)  # one per document and member when sharding; lengths repeat
+def _npy_header(descr: str, count: int) -> bytes:
+    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%d,), }" % (descr, count)
     header += " " * ((-(len(_NPY_MAGIC) + 2 + len(header) + 1)) % 64) + "\n"
     return _NPY_MAGIC + struct.pack("<H", len(header)) + header.encode("latin1")
 
@@ -89,30 +95,37 @@ _HEADER_TAIL = (
 _BASE_CHECKSUM = sum(_HEADER_HEAD) + sum(_HEADER_TAIL)
 
 
+_ZEROS = tuple(b"\0" * n for n in range(TAR_BLOCK))  # padding of every length, made once
+
+
 def tar_header(name: str, size: int) -> bytes:
     """The 512-byte USTAR header of a regular-file member (names up to 100 bytes)."""
-    encoded = name.encode("utf-8")
+    return _tar_header(name.encode("utf-8"), size)
+
+
+def _tar_header(encoded: bytes, size: int) -> bytes:
     if len(encoded) > 100:
-        raise ValueError(f"tar member name longer than 100 bytes: {name}")
+        raise ValueError(f"tar member name longer than 100 bytes: {encoded.decode('utf-8', 'replace')}")
     size_field = b"%011o\0" % size
     checksum = _BASE_CHECKSUM + sum(encoded) + sum(size_field)
     return b"".join(
-        (encoded, b"\0" * (100 - len(encoded)), _HEADER_HEAD, size_field, _HEADER_TAIL[:12], b"%06o\0 " % checksum, _HEADER_TAIL[20:])
+        (encoded, _ZEROS[100 - len(encoded)], _HEADER_HEAD, size_field, _HEADER_TAIL[:12], b"%06o\0 " % checksum, _HEADER_TAIL[20:])
     )
 
 
 def encode_sample(key: str, ids: np.ndarray, ends: np.ndarray, meta: dict[str, Any]) -> bytes:
     """The tar bytes (headers and data) of one document's sample; independent of where it is written."""
     ends = ends.astype("<u4", copy=False)
+    encoded_key = key.encode("utf-8")
     members = (
-        (f"{key}.ids.npy", npy_header(ids.dtype, ids.size), memoryview(ids).cast("B")),
-        (f"{key}.seg.npy", npy_header(ends.dtype, ends.size), memoryview(ends).cast("B")),
-        (f"{key}.json", b"", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")),
+        (b".ids.npy", _npy_header(ids.dtype.str, ids.size), memoryview(ids).cast("B")),
+        (b".seg.npy", _npy_header(ends.dtype.str, ends.size), memoryview(ends).cast("B")),
+        (b".json", b"", json.dumps(meta, sort_keys=True, ensure_ascii=False).encode("utf-8")),
     )
     parts: list[bytes | memoryview] = []
-    for name, head, data in members:
+    for suffix, head, data in members:
         size = len(head) + len(data)
-        parts += (tar_header(name, size), head, data, b"\0" * (-size % TAR_BLOCK))
+        parts += (_tar_header(encoded_key + suffix, size), head, data, _ZEROS[-size % TAR_BLOCK])
     return b"".join(parts)
 
 
