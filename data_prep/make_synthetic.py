@@ -6,7 +6,9 @@
 Facts ("The code of Zorvak is amber.") are stated early and recalled in the same words much later
 ("Recall: the code of Zorvak is amber."), after at least --gap-words words of filler that never
 mention a key or a value; values come from a closed set of --num-values words, so chance is
-1/num_values. See memformers/data/synthetic.py for the format and the segment-distance guarantee.
+1/num_values. With --max-repeats R each fact is stated 1..R times in a row (a curriculum inside the
+data that lets a memory learn to pick facts up; probe with a corpus of --max-repeats 1). See
+memformers/data/synthetic.py for the format and the segment-distance guarantee.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-values", type=int, default=16, help="size of the closed value set (2..32; default 16)")
     p.add_argument("--facts-per-doc", type=int, default=4, help="facts per document (default 4)")
     p.add_argument("--gap-words", type=int, default=128, help="min filler words between the last statement and the first recall (default 128: >= 2 segments of 64 tokens)")
+    p.add_argument("--max-repeats", type=int, default=1, help="state each fact 1..R times in a row, R drawn per fact (default 1)")
+    p.add_argument("--repeat-filler-words", type=int, default=8, help="at most this many filler words between repeated statements (default 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -36,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         from memformers.data import DataError, SyntheticConfig, write_synthetic_corpus
 
         try:
-            config = SyntheticConfig(args.seed, args.num_values, args.facts_per_doc, args.gap_words)
+            config = SyntheticConfig(args.seed, args.num_values, args.facts_per_doc, args.gap_words, args.max_repeats,
+                                     args.repeat_filler_words)
         except ValueError as exc:
             raise DataError(str(exc)) from exc
         summary = write_synthetic_corpus(args.output, args.num_docs, config, progress=not args.no_progress)

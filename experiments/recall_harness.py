@@ -29,6 +29,9 @@ p.add_argument("--lr", type=float, default=2e-3); p.add_argument("--steps", type
 p.add_argument("--mask", type=float, default=0.3); p.add_argument("--permute", type=float, default=1.0)
 p.add_argument("--gate-bias", type=float, default=None); p.add_argument("--eval-every", type=int, default=200)
 p.add_argument("--init-std", type=float, default=0.1); p.add_argument("--bf16", action="store_true")
+p.add_argument("--repeats", type=int, default=None, help="SyntheticConfig.max_repeats: the shipped generator, probed on facts stated once")
+p.add_argument("--repeat-filler", type=int, default=8)
+p.add_argument("--seg", type=int, default=64)
 p.add_argument("--seed", type=int, default=1); p.add_argument("--chain", type=str, default=None); p.add_argument("--emph", type=int, default=1); p.add_argument("--min-gap", type=int, default=2)
 a = p.parse_args()
 torch.set_num_threads(1); torch.manual_seed(a.seed)
@@ -50,6 +53,7 @@ def make_chain_doc(i):
 
 def make_doc(i):
     if a.chain: return make_chain_doc(i)
+    if a.repeats: return syn.make_document(i, syn.SyntheticConfig(a.seed, a.values, a.facts, a.gap, a.repeats, a.repeat_filler))
     rng = random.Random(f"rx:{i}")
     values = syn.value_set(a.values); taken = set(); facts = []
     for _ in range(a.facts):
@@ -70,14 +74,16 @@ corpus = f"{root}/corpus.jsonl"; shards = f"{root}/shards"
 if not os.path.exists(f"{shards}/manifest.json"):
     with open(corpus, "w") as f:
         for i in range(a.docs): f.write(json.dumps(make_doc(i)) + "\n")
-    shard_documents([corpus], os.path.join(REPO, "runs/demo/tokenizer"), shards, 64, workers=1, val_fraction=0.05, progress=False)
+    shard_documents([corpus], os.path.join(REPO, "runs/demo/tokenizer"), shards, a.seg, workers=1, val_fraction=0.05, progress=False)
 docs = [json.loads(l) for l in open(corpus)]
 val = [d for d in docs if split_of(d["text"].encode(), 0.05) == "val"][:100]
+if a.repeats:  # held-out documents (another seed) whose facts are stated once
+    val = list(syn.generate_documents(100, syn.SyntheticConfig(a.seed + 1000, a.values, a.facts, a.gap, 1)))
 words = sum(len(d["text"].split()) for d in docs) / len(docs)
 tok = load_tokenizer(shards)
 den = BartDenoiser(DenoisingConfig(mask_ratio=a.mask, permute_sentence_ratio=a.permute), token_tables(tok),
                    mask_id=tok.mask_token_id, bos_id=0, eos_id=2, pad_id=1, vocab_size=len(tok), seed=a.seed)
-loader = SegmentStreamLoader(shards, "train", rank=0, world_size=1, lanes=a.lanes, segment_length=64, seed=a.seed,
+loader = SegmentStreamLoader(shards, "train", rank=0, world_size=1, lanes=a.lanes, segment_length=a.seg, seed=a.seed,
                              epochs=None, transform=den.collate)
 cfg = load_preset("tiny", vocab_size=len(tok), memory_len=a.memory_len, d_model=a.d_model, init_std=a.init_std,
                   encoder_layers=a.layers, decoder_layers=a.layers)
@@ -96,7 +102,7 @@ for step in range(1, a.steps + 1):
     res.loss.backward(); torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step(); opt.zero_grad(); sched.step()
     memory = res.memory; run = 0.98 * run + 0.02 * res.loss_sum / res.tokens if step > 1 else res.loss_sum / res.tokens
     if step % a.eval_every == 0 or step == a.steps:
-        r = recall_probe(model, tok, val, segment_length=64, values=values, min_gap=a.min_gap); model.train()
+        r = recall_probe(model, tok, val, segment_length=a.seg, values=values, min_gap=a.min_gap); model.train()
         print(f"[{a.name}] step {step} loss {run:.3f} recall mem {r.with_memory:.3f} reset {r.without_memory:.3f} "
               f"n={r.facts} ({time.time()-t0:.0f}s)", flush=True)
         torch.save(model.state_dict(), f"{root}/model.pt")

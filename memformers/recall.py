@@ -1,7 +1,7 @@
 """The recall probe: does the model remember a fact stated segments earlier?
 
 On documents of the synthetic recall corpus (`memformers.data.synthetic`), each fact is stated early ("The code of
-K is V.") and recalled much later ("Recall: the code of K is V."). For every fact whose recall lies at least
+K is V.", possibly several times in a row; the gap counts from the last) and recalled much later ("Recall: the code of K is V."). For every fact whose recall lies at least
 `min_gap` segments after its statement, the document is segmented exactly as the sharder does, its segments are
 run through the model in order carrying the memory, and at the recall's segment the value is replaced by one
 `<mask>` in the encoder input. Every value of the closed set is then scored as the decoder's target (the clean
@@ -95,7 +95,7 @@ def recall_probe(model, tokenizer, documents: list[dict], *, segment_length: int
         probes: dict[int, list[tuple[int, int, str, str, int]]] = {}  # segment -> (first, last, key, value, gap)
         for fact in doc["facts"]:
             key, value = fact["key"], fact["value"]
-            stated = doc["text"].index(STATEMENT.format(key=key, value=value))
+            stated = doc["text"].rindex(STATEMENT.format(key=key, value=value))  # the last statement
             recall_char = doc["text"].index(QUESTION.format(key=key, value=value))
             value_char = recall_char + QUESTION.format(key=key, value=value).rindex(value)
             first, last = _token_span(offsets, value_char, value_char + len(value))

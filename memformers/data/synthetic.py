@@ -15,13 +15,18 @@ in between::
 * Filler sentences come from word lists that contain no key and no value: a recall cannot be
   answered from the segment it is in.
 * Statements come first, then at least `gap_words` words of filler, then the recalls in a shuffled
-  order. The default gap of 128 words puts every recall at least 2 segments after its statement when
+  order. With `max_repeats` > 1 each fact is stated a uniform 1..max_repeats times in a row (a few
+  filler words apart): a curriculum inside the data. A value stated once is one token in a segment,
+  too faint for a memory that starts out averaging its segment to pick up, so a model trained only on
+  single statements stays at chance (measured in NOTES.md); facts stated several times make the
+  memory's write and read paths worth learning, and what is learnt carries over to facts stated once.
+  The gap is counted from a fact's last statement. The default gap of 128 words puts every recall at least 2 segments after its statement when
   segments are 64 tokens, since every word is at least one token (true of SentencePiece and byte-level
   BPE tokenizers, which never merge across spaces): 128 tokens lie between the end of a statement in
   segment k and the recall, more than segment k's rest plus segment k+1. With a ~1-2k vocabulary
   tokenizer trained on this corpus a document is about 6-12 such segments.
 
-Output: JSON lines `{"id", "text", "facts": [{"key", "value", "statement", "question"}], "chance",
+Output: JSON lines `{"id", "text", "facts": [{"key", "value", "statement", "question", "repeats"}], "chance",
 "num_values"}`. Deterministic from `seed`: document i depends only on (seed, i, the settings).
 """
 from __future__ import annotations
@@ -118,6 +123,8 @@ class SyntheticConfig:
     num_values: int = 16
     facts_per_doc: int = 4
     gap_words: int = 128
+    max_repeats: int = 1
+    repeat_filler_words: int = 8
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_values <= len(VALUE_WORDS):
@@ -126,6 +133,10 @@ class SyntheticConfig:
             raise ValueError(f"facts_per_doc must be >= 1, got {self.facts_per_doc}")
         if self.gap_words < 0:
             raise ValueError(f"gap_words must be >= 0, got {self.gap_words}")
+        if self.max_repeats < 1:
+            raise ValueError(f"max_repeats must be >= 1, got {self.max_repeats}")
+        if self.repeat_filler_words < 0:
+            raise ValueError(f"repeat_filler_words must be >= 0, got {self.repeat_filler_words}")
 
 
 def value_set(num_values: int) -> tuple[str, ...]:
@@ -176,17 +187,22 @@ def make_document(index: int, config: SyntheticConfig = SyntheticConfig()) -> di
     facts = []
     for _ in range(config.facts_per_doc):
         key, value = _key(rng, taken), rng.choice(values)
+        repeats = rng.randint(1, config.max_repeats) if config.max_repeats > 1 else 1
         facts.append(
             {
                 "key": key,
                 "value": value,
                 "statement": STATEMENT.format(key=key, value=value),
                 "question": QUESTION.format(key=key, value=value),
+                "repeats": repeats,
             }
         )
     sentences = filler(rng, rng.randint(0, 30))
     for fact in facts:
-        sentences.append(fact["statement"])
+        for repeat in range(fact["repeats"]):
+            sentences.append(fact["statement"])
+            if repeat < fact["repeats"] - 1:
+                sentences += filler(rng, rng.randint(0, config.repeat_filler_words))
         sentences += filler(rng, rng.randint(5, 20))
     sentences += filler(rng, config.gap_words)
     for fact in rng.sample(facts, len(facts)):
