@@ -78,7 +78,7 @@ from .sharding import (
     write_json_atomic,
     write_manifest,
 )
-from .shardio import TAR_BLOCK, tar_header
+from .shardio import TAR_BLOCK, sample_key, tar_header
 from .sources import _MAX_KEPT_MESSAGES, Document, DocumentReader, Source, _open_binary
 
 SLICE_INFO = "slice.json"
@@ -455,7 +455,7 @@ class _SplitMerger:
         shard, pos = divmod(n, self.docs_per_shard)
         while self.next_shard <= shard:
             self._open_next()
-        sample = rekey(sample, f"{self.split}-{shard:06d}-{pos:06d}")
+        sample = rekey(sample, sample_key(self.split, shard, pos))
         self.writer.add(sample, tokens, segments, zlib.crc32(sample))
 
     def finish(self) -> None:

@@ -53,7 +53,7 @@ from .manifest import (
     write_json_atomic,
 )
 from .segmenting import segment_ends
-from .shardio import encode_sample, file_sha256, tar_trailer
+from .shardio import encode_sample, file_sha256, sample_key, tar_trailer
 from .sources import Document, DocumentReader, ReadStats
 from .tokenizer import load_tokenizer, sentence_end_table, token_dtype, tokenizer_identity, tokenizer_sha256
 
@@ -256,9 +256,10 @@ class _Pipeline:
     """
 
     def __init__(self, out: Path, docs_per_shard: int, workers: int, init_args: tuple, records: dict, progress: bool, chunk_chars: int) -> None:
+        """`init_args`: `_init_worker`'s (tokenizer JSON, sentence-end table, segment length, token dtype)."""
         self.out, self.docs_per_shard, self.workers, self.records = out, docs_per_shard, workers, records
         self.chunk_chars = chunk_chars
-        self.dtype = np.dtype(init_args[3])  # the token dtype the workers pack ids in
+        self.token_dtype = np.dtype(init_args[3])  # what the workers pack ids in
         self.writers: dict[str, _ShardWriter] = {}
         self.pending: collections.deque = collections.deque()
         self.chunk: list[str] = []
@@ -318,8 +319,8 @@ class _Pipeline:
             if encoded is None:
                 writer.no_tokens += 1
             else:
-                ids, ends = np.frombuffer(encoded[0], dtype=self.dtype), np.frombuffer(encoded[1], dtype="<u4")
-                sample = encode_sample(f"{split}-{shard:06d}-{pos:06d}", ids, ends, meta)
+                ids, ends = np.frombuffer(encoded[0], dtype=self.token_dtype), np.frombuffer(encoded[1], dtype="<u4")
+                sample = encode_sample(sample_key(split, shard, pos), ids, ends, meta)
                 writer.add(sample, int(ids.size), int(ends.size), zlib.crc32(sample))
                 self.tokens += int(ids.size)
             if pos == self.docs_per_shard - 1:

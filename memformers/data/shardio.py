@@ -113,6 +113,11 @@ def _tar_header(encoded: bytes, size: int) -> bytes:
     )
 
 
+def sample_key(split: str, shard: int, position: int) -> str:
+    """The key of the sample at `position` of `split`'s shard `shard` (unique in a SHARD_DIR)."""
+    return f"{split}-{shard:06d}-{position:06d}"
+
+
 def encode_sample(key: str, ids: np.ndarray, ends: np.ndarray, meta: dict[str, Any]) -> bytes:
     """The tar bytes (headers and data) of one document's sample; independent of where it is written."""
     ends = ends.astype("<u4", copy=False)

@@ -20,11 +20,12 @@ in between::
   too faint for a memory that starts out averaging its segment to pick up, so a model trained only on
   single statements stays at chance (measured in NOTES.md); facts stated several times make the
   memory's write and read paths worth learning, and what is learnt carries over to facts stated once.
-  The gap is counted from a fact's last statement. The default gap of 128 words puts every recall at least 2 segments after its statement when
-  segments are 64 tokens, since every word is at least one token (true of SentencePiece and byte-level
-  BPE tokenizers, which never merge across spaces): 128 tokens lie between the end of a statement in
-  segment k and the recall, more than segment k's rest plus segment k+1. With a ~1-2k vocabulary
-  tokenizer trained on this corpus a document is about 6-12 such segments.
+  The gap is counted from a fact's last statement. The default gap of 128 words puts every recall at
+  least 2 segments after its statement when segments are 64 tokens, since every word is at least one
+  token (true of SentencePiece and byte-level BPE tokenizers, which never merge across spaces): 128
+  tokens lie between the end of a statement in segment k and the recall, more than segment k's rest
+  plus segment k+1. With a ~1-2k vocabulary tokenizer trained on this corpus a document is about 6-12
+  such segments.
 
 Output: JSON lines `{"id", "text", "facts": [{"key", "value", "statement", "question", "repeats"}], "chance",
 "num_values"}`. Deterministic from `seed`: document i depends only on (seed, i, the settings).
@@ -187,6 +188,7 @@ def make_document(index: int, config: SyntheticConfig = SyntheticConfig()) -> di
     facts = []
     for _ in range(config.facts_per_doc):
         key, value = _key(rng, taken), rng.choice(values)
+        # no draw when max_repeats is 1: corpora made before the option stay the same, document for document
         repeats = rng.randint(1, config.max_repeats) if config.max_repeats > 1 else 1
         facts.append(
             {
