@@ -7,7 +7,9 @@ Facts ("The code of Zorvak is amber.") are stated early and recalled in the same
 ("Recall: the code of Zorvak is amber."), after at least --gap-words words of filler that never
 mention a key or a value; values come from a closed set of --num-values words, so chance is
 1/num_values. With --max-repeats R each fact is stated 1..R times in a row (a curriculum inside the
-data that lets a memory learn to pick facts up; probe with a corpus of --max-repeats 1). See
+data that lets a memory learn to pick facts up; probe with a corpus of --max-repeats 1). With
+--recalls-per-fact K every fact is recalled in K rounds, --recall-spacing-words apart: recalls at
+growing distances from the statement, so the memory learns to write a fact and to keep it. See
 memformers/data/synthetic.py for the format and the segment-distance guarantee.
 """
 from __future__ import annotations
@@ -29,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gap-words", type=int, default=128, help="min filler words between the last statement and the first recall (default 128: >= 2 segments of 64 tokens)")
     p.add_argument("--max-repeats", type=int, default=1, help="state each fact 1..R times in a row, R drawn per fact (default 1)")
     p.add_argument("--repeat-filler-words", type=int, default=8, help="at most this many filler words between repeated statements (default 8)")
+    p.add_argument("--recalls-per-fact", type=int, default=1, help="recall each fact this many times, in rounds (default 1)")
+    p.add_argument("--recall-spacing-words", type=int, default=40, help="filler words between rounds of recalls (default 40)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             config = SyntheticConfig(args.seed, args.num_values, args.facts_per_doc, args.gap_words, args.max_repeats,
-                                     args.repeat_filler_words)
+                                     args.repeat_filler_words, args.recalls_per_fact, args.recall_spacing_words)
         except ValueError as exc:
             raise DataError(str(exc)) from exc
         summary = write_synthetic_corpus(args.output, args.num_docs, config, progress=not args.no_progress)

@@ -4,7 +4,10 @@ shards -> single-process fp32 BPTT training with the shipped rollout code -> the
     python experiments/recall_harness.py NAME [--recalls 6 --spacing 40,60 --gate-bias -2 --chain 120,140 ...]
 
 Writes /tmp/rx/NAME/{corpus.jsonl,shards,model.pt}; reuses the tokenizer of runs/demo (run `make demo` once).
-Session 2's results with it are in NOTES.md.
+--repeats R --recalls K --spacing-words W use the shipped generator (SyntheticConfig.max_repeats / recalls_per_fact /
+recall_spacing_words) and probe held-out documents whose facts are stated once, --val-gap words before the recall.
+--oracle only|add masks every recall's value in the encoder input (only: no other noise; add: on top of BART's),
+to tell the noise's share of the difficulty from the rest. Results of sessions 2-4 are in NOTES.md.
 """
 import argparse, json, os, random, sys, time
 import torch
@@ -14,7 +17,7 @@ from memformers.data import SegmentStreamLoader, load_tokenizer, shard_documents
 from memformers.data import synthetic as syn
 from memformers.noising import BartDenoiser, DenoisingConfig, token_tables
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset
-from memformers.training.recurrence import run_rollout, loss_weights
+from memformers.training.recurrence import run_rollout, loss_weights, decoder_inputs
 from memformers.recall import recall_probe
 
 p = argparse.ArgumentParser()
@@ -22,6 +25,7 @@ p.add_argument("name"); p.add_argument("--docs", type=int, default=3000); p.add_
 p.add_argument("--recalls", type=int, default=1); p.add_argument("--values", type=int, default=16)
 p.add_argument("--gap", type=int, default=128); p.add_argument("--lead", type=int, default=30)
 p.add_argument("--spacing", type=str, default="5,20")
+p.add_argument("--spacing-words", type=int, default=40, help="SyntheticConfig.recall_spacing_words (with --repeats)")
 p.add_argument("--memory-len", type=int, default=8); p.add_argument("--d-model", type=int, default=128)
 p.add_argument("--layers", type=int, default=2)
 p.add_argument("--T", type=int, default=8); p.add_argument("--lanes", type=int, default=8)
@@ -31,7 +35,10 @@ p.add_argument("--gate-bias", type=float, default=None); p.add_argument("--eval-
 p.add_argument("--init-std", type=float, default=0.1); p.add_argument("--bf16", action="store_true")
 p.add_argument("--repeats", type=int, default=None, help="SyntheticConfig.max_repeats: the shipped generator, probed on facts stated once")
 p.add_argument("--repeat-filler", type=int, default=8)
+p.add_argument("--val-gap", type=int, default=128, help="gap words of the held-out single-statement probe documents")
 p.add_argument("--seg", type=int, default=64)
+p.add_argument("--oracle", choices=["none", "only", "add"], default="none",
+               help="mask every recall's value in the encoder input: 'only' no other noise, 'add' on top of BART's noise")
 p.add_argument("--seed", type=int, default=1); p.add_argument("--chain", type=str, default=None); p.add_argument("--emph", type=int, default=1); p.add_argument("--min-gap", type=int, default=2)
 a = p.parse_args()
 torch.set_num_threads(1); torch.manual_seed(a.seed)
@@ -53,7 +60,7 @@ def make_chain_doc(i):
 
 def make_doc(i):
     if a.chain: return make_chain_doc(i)
-    if a.repeats: return syn.make_document(i, syn.SyntheticConfig(a.seed, a.values, a.facts, a.gap, a.repeats, a.repeat_filler))
+    if a.repeats: return syn.make_document(i, syn.SyntheticConfig(a.seed, a.values, a.facts, a.gap, a.repeats, a.repeat_filler, a.recalls, a.spacing_words))
     rng = random.Random(f"rx:{i}")
     values = syn.value_set(a.values); taken = set(); facts = []
     for _ in range(a.facts):
@@ -78,13 +85,34 @@ if not os.path.exists(f"{shards}/manifest.json"):
 docs = [json.loads(l) for l in open(corpus)]
 val = [d for d in docs if split_of(d["text"].encode(), 0.05) == "val"][:100]
 if a.repeats:  # held-out documents (another seed) whose facts are stated once
-    val = list(syn.generate_documents(100, syn.SyntheticConfig(a.seed + 1000, a.values, a.facts, a.gap, 1)))
+    val = list(syn.generate_documents(100, syn.SyntheticConfig(a.seed + 1000, a.values, a.facts, a.val_gap, 1)))
 words = sum(len(d["text"].split()) for d in docs) / len(docs)
 tok = load_tokenizer(shards)
 den = BartDenoiser(DenoisingConfig(mask_ratio=a.mask, permute_sentence_ratio=a.permute), token_tables(tok),
                    mask_id=tok.mask_token_id, bos_id=0, eos_id=2, pad_id=1, vocab_size=len(tok), seed=a.seed)
+RECALL_ID = tok.convert_tokens_to_ids("▁Recall")
+VALUE_IDS = torch.tensor([tok.convert_tokens_to_ids("▁" + v) for v in syn.value_set(a.values)])
+def recall_value_mask(ids):  # value tokens within 19 tokens after a "Recall"
+    is_value = torch.isin(ids, VALUE_IDS)
+    recall = (ids == RECALL_ID).float()
+    near = torch.nn.functional.conv1d(recall[:, None], torch.ones(1, 1, 20), padding=19)[:, 0, : ids.shape[1]] > 0
+    return is_value & near
+def transform(batch):
+    if a.oracle == "none":
+        return den.collate(batch)
+    clean = batch["input_ids"]
+    masked = clean.masked_fill(recall_value_mask(clean), tok.mask_token_id)
+    if a.oracle == "add":
+        out = den.collate(dict(batch, input_ids=masked))
+        out["input_ids"] = clean
+        out["labels"] = clean.clone().long().masked_fill(~batch["attention_mask"].bool(), -100)
+        out["labels"][~batch["valid"].bool()] = -100
+        return out
+    out = den.collate(batch)
+    out.update(source_ids=masked, source_mask=batch["attention_mask"].bool())
+    return out
 loader = SegmentStreamLoader(shards, "train", rank=0, world_size=1, lanes=a.lanes, segment_length=a.seg, seed=a.seed,
-                             epochs=None, transform=den.collate)
+                             epochs=None, transform=transform)
 cfg = load_preset("tiny", vocab_size=len(tok), memory_len=a.memory_len, d_model=a.d_model, init_std=a.init_std,
                   encoder_layers=a.layers, decoder_layers=a.layers)
 model = MemBartForConditionalGeneration(cfg).train()

@@ -1,7 +1,8 @@
 """The recall probe: does the model remember a fact stated segments earlier?
 
 On documents of the synthetic recall corpus (`memformers.data.synthetic`), each fact is stated early ("The code of
-K is V.", possibly several times in a row; the gap counts from the last) and recalled much later ("Recall: the code of K is V."). For every fact whose recall lies at least
+K is V.", possibly several times in a row; the gap counts from the last) and recalled much later ("Recall: the code
+of K is V."; with several rounds of recalls, the first is probed). For every fact whose recall lies at least
 `min_gap` segments after its statement, the document is segmented exactly as the sharder does, its segments are
 run through the model in order carrying the memory, and at the recall's segment the value is replaced by one
 `<mask>` in the encoder input. Every value of the closed set is then scored as the decoder's target (the clean

@@ -88,6 +88,29 @@ def test_recalls_are_at_least_two_segments_after_their_statements(synthetic_docs
     assert 6 <= np.mean(lengths) <= 12 and min(lengths) >= 5
 
 
+def test_repeated_statements_and_rounds_of_recalls() -> None:
+    config = SyntheticConfig(seed=5, facts_per_doc=2, max_repeats=4, recalls_per_fact=3, recall_spacing_words=30)
+    seen_repeats = set()
+    for i in range(60):
+        doc = make_document(i, config)
+        text = doc["text"]
+        last_statement = max(text.rindex(f["statement"]) for f in doc["facts"])
+        for fact in doc["facts"]:
+            assert 1 <= fact["repeats"] <= 4 and text.count(fact["statement"]) == fact["repeats"]
+            seen_repeats.add(fact["repeats"])
+            recalls = [m.start() for m in re.finditer(re.escape(fact["question"]), text)]
+            assert len(recalls) == 3 and recalls[0] > last_statement
+            # rounds are at least recall_spacing_words of filler apart (the other fact's recall may sit between)
+            for a, b in zip(recalls, recalls[1:]):
+                between = text[a + len(fact["question"]) : b]
+                for other in doc["facts"]:
+                    between = between.replace(other["question"], " ")
+                assert len(between.split()) >= 30
+    assert seen_repeats == {1, 2, 3, 4}
+    with pytest.raises(ValueError, match="recalls_per_fact"):
+        SyntheticConfig(recalls_per_fact=0)
+
+
 def test_make_synthetic_script(tmp_path: Path) -> None:
     out = tmp_path / "s.jsonl"
     run = subprocess.run(

@@ -20,6 +20,8 @@ in between::
   too faint for a memory that starts out averaging its segment to pick up, so a model trained only on
   single statements stays at chance (measured in NOTES.md); facts stated several times make the
   memory's write and read paths worth learning, and what is learnt carries over to facts stated once.
+  With `recalls_per_fact` > 1 the recalls come in that many rounds, `recall_spacing_words` of filler
+  apart: recalls at growing distances from the statement, each a target for the denoiser.
   The gap is counted from a fact's last statement. The default gap of 128 words puts every recall at
   least 2 segments after its statement when segments are 64 tokens, since every word is at least one
   token (true of SentencePiece and byte-level BPE tokenizers, which never merge across spaces): 128
@@ -126,6 +128,8 @@ class SyntheticConfig:
     gap_words: int = 128
     max_repeats: int = 1
     repeat_filler_words: int = 8
+    recalls_per_fact: int = 1
+    recall_spacing_words: int = 40
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_values <= len(VALUE_WORDS):
@@ -138,6 +142,10 @@ class SyntheticConfig:
             raise ValueError(f"max_repeats must be >= 1, got {self.max_repeats}")
         if self.repeat_filler_words < 0:
             raise ValueError(f"repeat_filler_words must be >= 0, got {self.repeat_filler_words}")
+        if self.recalls_per_fact < 1:
+            raise ValueError(f"recalls_per_fact must be >= 1, got {self.recalls_per_fact}")
+        if self.recall_spacing_words < 0:
+            raise ValueError(f"recall_spacing_words must be >= 0, got {self.recall_spacing_words}")
 
 
 def value_set(num_values: int) -> tuple[str, ...]:
@@ -207,9 +215,12 @@ def make_document(index: int, config: SyntheticConfig = SyntheticConfig()) -> di
                 sentences += filler(rng, rng.randint(0, config.repeat_filler_words))
         sentences += filler(rng, rng.randint(5, 20))
     sentences += filler(rng, config.gap_words)
-    for fact in rng.sample(facts, len(facts)):
-        sentences.append(fact["question"])
-        sentences += filler(rng, rng.randint(5, 20))
+    for round_ in range(config.recalls_per_fact):
+        if round_:  # no draw with one round: corpora made before the option stay the same
+            sentences += filler(rng, config.recall_spacing_words)
+        for fact in rng.sample(facts, len(facts)):
+            sentences.append(fact["question"])
+            sentences += filler(rng, rng.randint(5, 20))
     sentences += filler(rng, rng.randint(0, 30))
     return {
         "id": f"synthetic-{config.seed}-{index:07d}",
