@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SEGMENT_LENGTH = 32
+"""Tokens per segment: short segments make a fact a larger share of what the memory reads."""
 PY = sys.executable
 
 
@@ -87,18 +89,24 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     corpus, tokenizer_dir, shards = out / "corpus.jsonl", out / "tokenizer", out / "shards"
+    probe_corpus = out / "probe.jsonl"
     run_dir, export_dir = out / "run", out / "export"
     env = launcher_env()
     started = time.time()
 
     stage("1/5 data: synthetic long documents → tokenizer → shards")
     if not shards.is_dir():
+        # the curriculum the memory needs (NOTES.md): facts stated 1..16 times, recalled in 4 rounds from 0-1
+        # segments after the statement on; the probe's held-out documents state their fact once, >= 2 segments back
         sh(PY, "data_prep/make_synthetic.py", "--output", str(corpus), "--num-docs", str(args.docs),
-           "--facts-per-doc", "1", "--no-progress")
+           "--facts-per-doc", "1", "--max-repeats", "16", "--gap-words", "8", "--recalls-per-fact", "4",
+           "--recall-spacing-words", "20", "--no-progress")
+        sh(PY, "data_prep/make_synthetic.py", "--output", str(probe_corpus), "--num-docs", str(args.probe_docs),
+           "--seed", "1000", "--facts-per-doc", "1", "--gap-words", str(2 * SEGMENT_LENGTH), "--no-progress")
         sh(PY, "data_prep/train_tokenizer.py", "--input", str(corpus), "--vocab-size", "1000",
            "--output", str(tokenizer_dir))
         sh(PY, "data_prep/shard_documents.py", "--input", str(corpus), "--tokenizer", str(tokenizer_dir),
-           "--output", str(shards), "--segment-length", "64", "--val-fraction", "0.05")
+           "--output", str(shards), "--segment-length", str(SEGMENT_LENGTH), "--val-fraction", "0.05")
 
     stage(f"2/5 pretraining: DeepSpeed ZeRO-2, {args.nproc} processes")
     overrides = [f"run_dir={run_dir}", f"data.path={shards}"]
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     sh(PY, "pretrain/export_hf.py", "--run-dir", str(run_dir), "--output", str(export_dir), "--force")
 
     stage("4/5 recall through memory, on held-out documents")
-    results = probe(export_dir, corpus, shards, args.probe_docs)
+    results = probe(export_dir, probe_corpus, shards)
 
     stage("5/5 results")
     steps, evals = read_metrics(run_dir)
@@ -134,20 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def probe(export_dir: Path, corpus: Path, shards: Path, max_docs: int) -> dict:
-    """Load the export as a user would (remote code), run the recall probe, show one document's recall."""
+def probe(export_dir: Path, corpus: Path, shards: Path) -> dict:
+    """Load the export as a user would (remote code), run the recall probe on the held-out documents of `corpus`
+    (another seed than the training corpus, each fact stated once), show a few recalls."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from memformers.data import read_manifest, split_of
+    from memformers.data import read_manifest, value_set
     from memformers.recall import recall_probe
 
     manifest = read_manifest(shards)
-    val_fraction = manifest["settings"]["val_fraction"]
-    records = [json.loads(line) for line in corpus.read_text().splitlines()]
-    held_out = [r for r in records if split_of(r["text"].encode(), val_fraction) == "val"][:max_docs]
+    held_out = [json.loads(line) for line in corpus.read_text().splitlines()]
     model = AutoModelForSeq2SeqLM.from_pretrained(export_dir, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(export_dir, trust_remote_code=True)  # v5 asks otherwise
-    values = sorted({v for r in records for v in (f["value"] for f in r["facts"])})
+    values = sorted(value_set(held_out[0]["num_values"]))
     result = recall_probe(model, tokenizer, held_out, segment_length=manifest["segment_length"], values=values)
     print(f"{result.facts} facts in {len(held_out)} held-out documents, each recalled >= 2 segments after it was "
           f"stated; {len(values)} possible values (chance {result.chance:.1%})")
