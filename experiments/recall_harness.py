@@ -6,6 +6,7 @@ shards -> single-process fp32 BPTT training with the shipped rollout code -> the
 Writes /tmp/rx/NAME/{corpus.jsonl,shards,model.pt}; reuses the tokenizer of runs/demo (run `make demo` once).
 --repeats R --recalls K --spacing-words W use the shipped generator (SyntheticConfig.max_repeats / recalls_per_fact /
 recall_spacing_words) and probe held-out documents whose facts are stated once, --val-gap words before the recall.
+--cycle N makes filler a fixed story of N sentences read cyclically.
 --oracle only|add masks every recall's value in the encoder input (only: no other noise; add: on top of BART's),
 to tell the noise's share of the difficulty from the rest. Results of sessions 2-4 are in NOTES.md.
 """
@@ -39,8 +40,17 @@ p.add_argument("--val-gap", type=int, default=128, help="gap words of the held-o
 p.add_argument("--seg", type=int, default=64)
 p.add_argument("--oracle", choices=["none", "only", "add"], default="none",
                help="mask every recall's value in the encoder input: 'only' no other noise, 'add' on top of BART's noise")
+p.add_argument("--cycle", type=int, default=0, help="filler read cyclically from a fixed story of N sentences (low-entropy filler)")
 p.add_argument("--seed", type=int, default=1); p.add_argument("--chain", type=str, default=None); p.add_argument("--emph", type=int, default=1); p.add_argument("--min-gap", type=int, default=2)
 a = p.parse_args()
+if a.cycle:  # session 5: does predictable filler (its loss learnable, so the facts' share of the gradient grows) help?
+    CYCLE = [syn._sentence(random.Random(f"cycle:{i}")) for i in range(a.cycle)]
+    def _cycle_filler(rng, min_words):
+        i, out, words = rng.randrange(a.cycle), [], 0
+        while words < min_words:
+            out.append(CYCLE[i % a.cycle]); words += len(out[-1].split()); i += 1
+        return out
+    syn.filler = _cycle_filler
 torch.set_num_threads(1); torch.manual_seed(a.seed)
 root = f"/tmp/rx/{a.name}"; os.makedirs(root, exist_ok=True)
 lo_sp, hi_sp = map(int, a.spacing.split(","))

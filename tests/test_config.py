@@ -73,7 +73,7 @@ def test_deepspeed_json_must_agree_with_the_config(tmp_path):
 
 def test_shipped_deepspeed_configs_are_valid_for_the_shipped_presets():
     cfg = load_config("pretrain/configs/tiny.yaml")
-    for stage in ("zero0", "zero1", "zero2", "zero3", "zero3_offload", "zero2_fp16"):
+    for stage in ("zero0", "zero1", "zero2", "zero3", "zero3_offload", "zero2_fp16", "zero2_fp32"):
         ds = deepspeed_config(cfg, json.load(open(f"ds_configs/{stage}.json")), world_size=2, on_cpu=True)
         assert ds["zero_optimization"]["stage"] == int(stage[4])
 
