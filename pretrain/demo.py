@@ -96,11 +96,12 @@ def main(argv: list[str] | None = None) -> int:
 
     stage("1/5 data: synthetic long documents → tokenizer → shards")
     if not shards.is_dir():
-        # the curriculum the memory needs (NOTES.md): facts stated 1..16 times, recalled in 4 rounds from 0-1
-        # segments after the statement on; the probe's held-out documents state their fact once, >= 2 segments back
+        # the curriculum the memory needs (NOTES.md): facts stated 1..16 times, recalled in 8 rounds from 0-1
+        # segments after the statement on (8 rounds learn where 4 stay at chance: the recalls are the only tokens
+        # whose loss depends on the memory); the probe's held-out documents state their fact once, >= 2 segments back
         sh(PY, "data_prep/make_synthetic.py", "--output", str(corpus), "--num-docs", str(args.docs),
-           "--facts-per-doc", "1", "--max-repeats", "16", "--gap-words", "8", "--recalls-per-fact", "4",
-           "--recall-spacing-words", "20", "--no-progress")
+           "--facts-per-doc", "1", "--max-repeats", "16", "--gap-words", "8", "--recalls-per-fact", "8",
+           "--recall-spacing-words", "12", "--no-progress")
         sh(PY, "data_prep/make_synthetic.py", "--output", str(probe_corpus), "--num-docs", str(args.probe_docs),
            "--seed", "1000", "--facts-per-doc", "1", "--gap-words", str(2 * SEGMENT_LENGTH), "--no-progress")
         sh(PY, "data_prep/train_tokenizer.py", "--input", str(corpus), "--vocab-size", "1000",
