@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     stage("1/5 data: synthetic long documents → tokenizer → shards")
     if not shards.is_dir():
         # the curriculum the memory needs (NOTES.md): facts stated 1..16 times, recalled in 8 rounds from 0-1
-        # segments after the statement on (8 rounds learn where 4 stay at chance: the recalls are the only tokens
-        # whose loss depends on the memory); the probe's held-out documents state their fact once, >= 2 segments back
+        # segments after the statement on (in one run 8 rounds reached 48% recall where 4 stayed at 6%; the recalls
+        # are the only tokens whose loss depends on the memory, and the transition step varies from run to run);
+        # the probe's held-out documents state their fact once, >= 2 segments back
         sh(PY, "data_prep/make_synthetic.py", "--output", str(corpus), "--num-docs", str(args.docs),
            "--facts-per-doc", "1", "--max-repeats", "16", "--gap-words", "8", "--recalls-per-fact", "8",
            "--recall-spacing-words", "12", "--no-progress")
