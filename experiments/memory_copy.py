@@ -20,6 +20,9 @@ from memformers.training.recurrence import loss_weights, run_rollout, segment_fo
 
 p = argparse.ArgumentParser()
 p.add_argument("--gap", type=int, default=2)
+p.add_argument("--lead", type=int, default=0, help="filler-only segments before the statement (memory not fresh when it is written)")
+p.add_argument("--fresh", action="store_true", help="reset the memory at the statement segment (tells --lead's two effects apart: T vs a used memory)")
+p.add_argument("--fixed-lead", action="store_true", help="the lead segments are the same filler in every document")
 p.add_argument("--len", type=int, default=32)
 p.add_argument("--values", type=int, default=16)
 p.add_argument("--lanes", type=int, default=16)
@@ -28,6 +31,8 @@ p.add_argument("--lr", type=float, default=2e-3)
 p.add_argument("--mask", type=float, default=0.0, help="extra random masking of filler tokens")
 p.add_argument("--memory-len", type=int, default=8)
 p.add_argument("--gate-bias", type=float, default=None)
+p.add_argument("--mem-q-std", type=float, default=None, help="re-initialise the memory rows' query projections (0: queries independent of the carried memory)")
+p.add_argument("--memory-bias-std", type=float, default=None, help="re-initialise memory_bias with this std")
 p.add_argument("--init-std", type=float, default=0.1)
 p.add_argument("--layers", type=int, default=2)
 p.add_argument("--copies", type=int, default=1, help="statements of the value in segment 0")
@@ -45,28 +50,30 @@ VALUE0, FILLER0, VOCAB = 10, 100, 1024
 
 def document(gen: torch.Generator, copies: int):
     """`gap + 1` clean segments `[S, len]`, the sources, the recall position and the value."""
-    T, L = a.gap + 1, a.len
+    T, L, S, R = a.lead + a.gap + 1, a.len, a.lead, a.lead + a.gap
     clean = torch.randint(FILLER0, VOCAB, (T, L), generator=gen)
+    if a.fixed_lead:  # the memory is used, but by the same content in every lane: no lane-to-lane noise before the write
+        clean[:S] = torch.randint(FILLER0, VOCAB, (S, L), generator=torch.Generator().manual_seed(12345))
     clean[:, 0], clean[:, -1] = BOS, EOS
     value = VALUE0 + int(torch.randint(a.values, (), generator=gen))
     s = 1 + int(torch.randint(L - 3, (), generator=gen))
-    clean[0, s], clean[0, s + 1] = STATE, value
+    clean[S, s], clean[S, s + 1] = STATE, value
     extra = torch.randperm(L // 2 - 2, generator=gen)[: copies - 1] * 2 + 1
-    clean[0, extra], clean[0, extra + 1] = STATE, value
+    clean[S, extra], clean[S, extra + 1] = STATE, value
     r = 1 + int(torch.randint(L - 3, (), generator=gen))
-    clean[a.gap, r], clean[a.gap, r + 1] = RECALL, value
+    clean[R, r], clean[R, r + 1] = RECALL, value
     source = clean.clone()
     if a.mask:
         noise = torch.rand(T, L, generator=gen) < a.mask
         noise[:, 0] = noise[:, -1] = False
         source[noise] = MASK
-    source[0] = torch.where(clean[0] == STATE, clean[0], source[0])
-    source[0] = torch.where((clean[0] >= VALUE0) & (clean[0] < FILLER0), clean[0], source[0])
-    source[a.gap, r] = RECALL
+    source[S] = torch.where(clean[S] == STATE, clean[S], source[S])
+    source[S] = torch.where((clean[S] >= VALUE0) & (clean[S] < FILLER0), clean[S], source[S])
+    source[R, r] = RECALL
     if torch.rand((), generator=gen) < a.recall_mask:
-        source[a.gap, r + 1] = MASK
+        source[R, r + 1] = MASK
     else:  # visible in the input: nothing to learn from memory at this recall
-        source[a.gap, r + 1] = value
+        source[R, r + 1] = value
     return clean, source, r + 1, value
 
 
@@ -75,12 +82,12 @@ def batches(step: int, lanes: int, salt: int):
     docs = [document(gen, 1 if salt else 1 + int(torch.randint(a.copies, (), generator=gen)) if a.mix else a.copies)
             for _ in range(lanes)]
     segs = []
-    for t in range(a.gap + 1):
+    for t in range(a.lead + a.gap + 1):
         segs.append({
             "source_ids": torch.stack([d[1][t] for d in docs]),
             "source_mask": torch.ones(lanes, a.len, dtype=torch.bool),
             "labels": torch.stack([d[0][t] for d in docs]),
-            "resets": torch.full((lanes,), t == 0),
+            "resets": torch.full((lanes,), t == 0 or (a.fresh and t == a.lead)),
         })
     return segs, torch.tensor([d[2] for d in docs]), torch.tensor([d[3] for d in docs])
 
@@ -93,8 +100,8 @@ def evaluate(model, n=256):
     for mode in ("memory", "reset"):
         memory = model.construct_memory(n)
         for t, batch in enumerate(segs):
-            resets = torch.ones(n, dtype=torch.bool) if (mode == "reset" and t == a.gap) else None
-            if t < a.gap:
+            resets = torch.ones(n, dtype=torch.bool) if (mode == "reset" and t == a.lead + a.gap) else None
+            if t < a.lead + a.gap:
                 _, _, memory = segment_forward(model, batch, memory, pad_id=PAD, decoder_start_id=EOS)
                 continue
             out = model(input_ids=batch["source_ids"], memory_states=memory,
@@ -111,8 +118,13 @@ cfg = load_preset("tiny", vocab_size=VOCAB, memory_len=a.memory_len, max_positio
 model = MemBartForConditionalGeneration(cfg).train()
 if a.gate_bias is not None:
     torch.nn.init.constant_(model.model.encoder.memory_gate_net.dense2.bias, a.gate_bias)
+if a.mem_q_std is not None:
+    for layer in model.model.encoder.layers:
+        torch.nn.init.normal_(layer.self_attn.mem_q_proj.weight, std=a.mem_q_std) if a.mem_q_std else torch.nn.init.zeros_(layer.self_attn.mem_q_proj.weight)
+if a.memory_bias_std is not None:
+    torch.nn.init.normal_(model.model.encoder.memory_bias, std=a.memory_bias_std)
 opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.98), weight_decay=0.01)
-weights = loss_weights(a.gap + 1, "uniform")
+weights = loss_weights(a.lead + a.gap + 1, "uniform")
 t0 = time.time()
 for step in range(1, a.steps + 1):
     segs, _, _ = batches(step, a.lanes, salt=0)

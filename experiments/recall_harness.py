@@ -36,6 +36,7 @@ p.add_argument("--gate-bias", type=float, default=None); p.add_argument("--eval-
 p.add_argument("--init-std", type=float, default=0.1); p.add_argument("--bf16", action="store_true")
 p.add_argument("--repeats", type=int, default=None, help="SyntheticConfig.max_repeats: the shipped generator, probed on facts stated once")
 p.add_argument("--repeat-filler", type=int, default=8)
+p.add_argument("--lead-words", type=int, default=30, help="SyntheticConfig.lead_words (with --repeats)")
 p.add_argument("--val-gap", type=int, default=128, help="gap words of the held-out single-statement probe documents")
 p.add_argument("--seg", type=int, default=64)
 p.add_argument("--oracle", choices=["none", "only", "add"], default="none",
@@ -70,7 +71,7 @@ def make_chain_doc(i):
 
 def make_doc(i):
     if a.chain: return make_chain_doc(i)
-    if a.repeats: return syn.make_document(i, syn.SyntheticConfig(a.seed, a.values, a.facts, a.gap, a.repeats, a.repeat_filler, a.recalls, a.spacing_words))
+    if a.repeats: return syn.make_document(i, syn.SyntheticConfig(a.seed, a.values, a.facts, a.gap, a.repeats, a.repeat_filler, a.recalls, a.spacing_words, a.lead_words))
     rng = random.Random(f"rx:{i}")
     values = syn.value_set(a.values); taken = set(); facts = []
     for _ in range(a.facts):

@@ -111,6 +111,18 @@ def test_repeated_statements_and_rounds_of_recalls() -> None:
         SyntheticConfig(recalls_per_fact=0)
 
 
+def test_lead_words_puts_the_first_statement_at_the_start() -> None:
+    # the memory learns to write a fact most easily when it is fresh (NOTES.md): lead_words 0 opens every document
+    # with its first statement; the default keeps up to 30 words of filler before it
+    for i in range(20):
+        doc = make_document(i, SyntheticConfig(seed=7, lead_words=0))
+        assert doc["text"].startswith(doc["facts"][0]["statement"])
+    leads = [make_document(i, SyntheticConfig(seed=7))["text"].index("The code of") for i in range(20)]
+    assert max(leads) > 0
+    with pytest.raises(ValueError, match="lead_words"):
+        SyntheticConfig(lead_words=-1)
+
+
 def test_make_synthetic_script(tmp_path: Path) -> None:
     out = tmp_path / "s.jsonl"
     run = subprocess.run(

@@ -130,6 +130,7 @@ class SyntheticConfig:
     repeat_filler_words: int = 8
     recalls_per_fact: int = 1
     recall_spacing_words: int = 40
+    lead_words: int = 30
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_values <= len(VALUE_WORDS):
@@ -146,6 +147,8 @@ class SyntheticConfig:
             raise ValueError(f"recalls_per_fact must be >= 1, got {self.recalls_per_fact}")
         if self.recall_spacing_words < 0:
             raise ValueError(f"recall_spacing_words must be >= 0, got {self.recall_spacing_words}")
+        if self.lead_words < 0:
+            raise ValueError(f"lead_words must be >= 0, got {self.lead_words}")
 
 
 def value_set(num_values: int) -> tuple[str, ...]:
@@ -207,7 +210,7 @@ def make_document(index: int, config: SyntheticConfig = SyntheticConfig()) -> di
                 "repeats": repeats,
             }
         )
-    sentences = filler(rng, rng.randint(0, 30))
+    sentences = filler(rng, rng.randint(0, config.lead_words))
     for fact in facts:
         for repeat in range(fact["repeats"]):
             sentences.append(fact["statement"])
