@@ -33,6 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat-filler-words", type=int, default=8, help="at most this many filler words between repeated statements (default 8)")
     p.add_argument("--recalls-per-fact", type=int, default=1, help="recall each fact this many times, in rounds (default 1)")
     p.add_argument("--lead-words", type=int, default=30, help="at most this many filler words before the first statement (default 30)")
+    p.add_argument("--short-keys", action="store_true", help="one-syllable keys (1-2 tokens): denser back-to-back statements")
     p.add_argument("--recall-spacing-words", type=int, default=40, help="filler words between rounds of recalls (default 40)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = SyntheticConfig(args.seed, args.num_values, args.facts_per_doc, args.gap_words, args.max_repeats,
                                      args.repeat_filler_words, args.recalls_per_fact, args.recall_spacing_words,
-                                     args.lead_words)
+                                     args.lead_words, args.short_keys)
         except ValueError as exc:
             raise DataError(str(exc)) from exc
         summary = write_synthetic_corpus(args.output, args.num_docs, config, progress=not args.no_progress)

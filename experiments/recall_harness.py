@@ -43,6 +43,7 @@ p.add_argument("--oracle", choices=["none", "only", "add"], default="none",
                help="mask every recall's value in the encoder input: 'only' no other noise, 'add' on top of BART's noise")
 p.add_argument("--cycle", type=int, default=0, help="filler read cyclically from a fixed story of N sentences (low-entropy filler)")
 p.add_argument("--seed", type=int, default=1); p.add_argument("--chain", type=str, default=None); p.add_argument("--emph", type=int, default=1); p.add_argument("--min-gap", type=int, default=2)
+p.add_argument("--short-keys", action="store_true", help="SyntheticConfig.short_keys (with --repeats)")
 a = p.parse_args()
 if a.cycle:  # session 5: does predictable filler (its loss learnable, so the facts' share of the gradient grows) help?
     CYCLE = [syn._sentence(random.Random(f"cycle:{i}")) for i in range(a.cycle)]
@@ -71,7 +72,7 @@ def make_chain_doc(i):
 
 def make_doc(i):
     if a.chain: return make_chain_doc(i)
-    if a.repeats: return syn.make_document(i, syn.SyntheticConfig(a.seed, a.values, a.facts, a.gap, a.repeats, a.repeat_filler, a.recalls, a.spacing_words, a.lead_words))
+    if a.repeats: return syn.make_document(i, syn.SyntheticConfig(a.seed, a.values, a.facts, a.gap, a.repeats, a.repeat_filler, a.recalls, a.spacing_words, a.lead_words, a.short_keys))
     rng = random.Random(f"rx:{i}")
     values = syn.value_set(a.values); taken = set(); facts = []
     for _ in range(a.facts):
@@ -96,7 +97,7 @@ if not os.path.exists(f"{shards}/manifest.json"):
 docs = [json.loads(l) for l in open(corpus)]
 val = [d for d in docs if split_of(d["text"].encode(), 0.05) == "val"][:100]
 if a.repeats:  # held-out documents (another seed) whose facts are stated once
-    val = list(syn.generate_documents(100, syn.SyntheticConfig(a.seed + 1000, a.values, a.facts, a.val_gap, 1)))
+    val = list(syn.generate_documents(100, syn.SyntheticConfig(a.seed + 1000, a.values, a.facts, a.val_gap, 1, short_keys=a.short_keys)))
 words = sum(len(d["text"].split()) for d in docs) / len(docs)
 tok = load_tokenizer(shards)
 den = BartDenoiser(DenoisingConfig(mask_ratio=a.mask, permute_sentence_ratio=a.permute), token_tables(tok),

@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SEGMENT_LENGTH = 32
-"""Tokens per segment: short segments make a fact a larger share of what the memory reads."""
+SEGMENT_LENGTH = 64
+"""Tokens per segment: 64 holds ~7 back-to-back statements, the density of facts the memory's write needs to be
+learnt (NOTES.md, session 6)."""
 PY = sys.executable
 
 
@@ -96,15 +97,18 @@ def main(argv: list[str] | None = None) -> int:
 
     stage("1/5 data: synthetic long documents → tokenizer → shards")
     if not shards.is_dir():
-        # the curriculum the memory needs (NOTES.md): facts stated 1..16 times, recalled in 8 rounds from 0-1
-        # segments after the statement on (in one run 8 rounds reached 48% recall where 4 stayed at 6%; the recalls
-        # are the only tokens whose loss depends on the memory, and the transition step varies from run to run);
-        # the probe's held-out documents state their fact once, >= 2 segments back
+        # the curriculum the memory needs (NOTES.md, session 6): each document opens with its fact stated 1..16
+        # times back to back (short keys: ~7 statements per fresh 64-token segment; the memory learns to write a
+        # fact only when it arrives dense and in a memory that holds nothing of the document yet), then recalls it
+        # in 8 rounds from 0-1 segments after the statements on. The probe's held-out documents state their fact
+        # once, >= 2 segments before its recall.
         sh(PY, "data_prep/make_synthetic.py", "--output", str(corpus), "--num-docs", str(args.docs),
-           "--facts-per-doc", "1", "--max-repeats", "16", "--gap-words", "8", "--recalls-per-fact", "8",
-           "--recall-spacing-words", "12", "--no-progress")
+           "--facts-per-doc", "1", "--max-repeats", "16", "--repeat-filler-words", "0", "--lead-words", "0",
+           "--short-keys", "--gap-words", "8", "--recalls-per-fact", "8", "--recall-spacing-words", "12",
+           "--no-progress")
         sh(PY, "data_prep/make_synthetic.py", "--output", str(probe_corpus), "--num-docs", str(args.probe_docs),
-           "--seed", "1000", "--facts-per-doc", "1", "--gap-words", str(2 * SEGMENT_LENGTH), "--no-progress")
+           "--seed", "1000", "--facts-per-doc", "1", "--short-keys", "--gap-words", str(2 * SEGMENT_LENGTH),
+           "--no-progress")
         sh(PY, "data_prep/train_tokenizer.py", "--input", str(corpus), "--vocab-size", "1000",
            "--output", str(tokenizer_dir))
         sh(PY, "data_prep/shard_documents.py", "--input", str(corpus), "--tokenizer", str(tokenizer_dir),

@@ -123,6 +123,23 @@ def test_lead_words_puts_the_first_statement_at_the_start() -> None:
         SyntheticConfig(lead_words=-1)
 
 
+def test_short_keys_are_one_syllable_and_pack_statements_densely(bpe_tokenizer: Path) -> None:
+    tokenizer = load_tokenizer(bpe_tokenizer)
+    short = SyntheticConfig(seed=2, facts_per_doc=3, short_keys=True)
+    lengths = {False: [], True: []}
+    for i in range(30):
+        doc = make_document(i, short)
+        for fact in doc["facts"]:
+            key = fact["key"].lower()
+            assert 3 <= len(key) <= 6 and key not in FILLER_WORDS and key not in VALUE_WORDS
+        assert len({f["key"] for f in doc["facts"]}) == 3
+        for is_short, d in ((True, doc), (False, make_document(i, SyntheticConfig(seed=2, facts_per_doc=3)))):
+            lengths[is_short] += [len(tokenizer(f["statement"], add_special_tokens=False)["input_ids"]) for f in d["facts"]]
+    assert np.mean(lengths[True]) < np.mean(lengths[False]) - 1
+    with pytest.raises(ValueError, match="short_keys"):
+        SyntheticConfig(short_keys=True, facts_per_doc=101)
+
+
 def test_make_synthetic_script(tmp_path: Path) -> None:
     out = tmp_path / "s.jsonl"
     run = subprocess.run(

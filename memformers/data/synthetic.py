@@ -22,6 +22,9 @@ in between::
   memory's write and read paths worth learning, and what is learnt carries over to facts stated once.
   With `recalls_per_fact` > 1 the recalls come in that many rounds, `recall_spacing_words` of filler
   apart: recalls at growing distances from the statement, each a target for the denoiser.
+  `lead_words` bounds the filler before the first statement and `short_keys` makes keys one syllable (1-2
+  tokens): with `repeat_filler_words` 0 and `lead_words` 0 a document opens with its statements packed densely
+  into a fresh memory, which is what the memory's write needs to be learnt (NOTES.md, session 6).
   The gap is counted from a fact's last statement. The default gap of 128 words puts every recall at
   least 2 segments after its statement when segments are 64 tokens, since every word is at least one
   token (true of SentencePiece and byte-level BPE tokenizers, which never merge across spaces): 128
@@ -131,6 +134,7 @@ class SyntheticConfig:
     recalls_per_fact: int = 1
     recall_spacing_words: int = 40
     lead_words: int = 30
+    short_keys: bool = False
 
     def __post_init__(self) -> None:
         if not 2 <= self.num_values <= len(VALUE_WORDS):
@@ -149,6 +153,8 @@ class SyntheticConfig:
             raise ValueError(f"recall_spacing_words must be >= 0, got {self.recall_spacing_words}")
         if self.lead_words < 0:
             raise ValueError(f"lead_words must be >= 0, got {self.lead_words}")
+        if self.short_keys and self.facts_per_doc > 100:
+            raise ValueError(f"short_keys allows at most 100 facts per document, got facts_per_doc={self.facts_per_doc}")
 
 
 def value_set(num_values: int) -> tuple[str, ...]:
@@ -183,9 +189,16 @@ def filler(rng: random.Random, min_words: int) -> list[str]:
     return sentences
 
 
-def _key(rng: random.Random, taken: set[str]) -> str:
+def _key(rng: random.Random, taken: set[str], short: bool = False) -> str:
+    """A made-up name not in `taken`, no filler word and no value: 2-3 syllables, or one syllable of >= 3 letters
+    when `short` (1-2 tokens, so back-to-back statements pack more values into a segment)."""
     while True:
-        name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(rng.randint(2, 3)))
+        if short:
+            name = rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+            if len(name) < 3:
+                continue
+        else:
+            name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(rng.randint(2, 3)))
         if name not in taken and name not in FILLER_WORDS and name not in VALUE_WORDS:
             taken.add(name)
             return name.capitalize()
@@ -198,7 +211,7 @@ def make_document(index: int, config: SyntheticConfig = SyntheticConfig()) -> di
     taken: set[str] = set()
     facts = []
     for _ in range(config.facts_per_doc):
-        key, value = _key(rng, taken), rng.choice(values)
+        key, value = _key(rng, taken, config.short_keys), rng.choice(values)
         # no draw when max_repeats is 1: corpora made before the option stay the same, document for document
         repeats = rng.randint(1, config.max_repeats) if config.max_repeats > 1 else 1
         facts.append(
