@@ -46,11 +46,13 @@ torch.set_num_threads(a.threads)
 torch.manual_seed(a.seed)
 BOS, PAD, EOS, MASK, STATE, RECALL = 0, 1, 2, 4, 5, 6
 VALUE0, FILLER0, VOCAB = 10, 100, 1024
+STATEMENT_SEGMENT, RECALL_SEGMENT = a.lead, a.lead + a.gap
+SEGMENTS = RECALL_SEGMENT + 1
 
 
 def document(gen: torch.Generator, copies: int):
-    """`gap + 1` clean segments `[S, len]`, the sources, the recall position and the value."""
-    T, L, S, R = a.lead + a.gap + 1, a.len, a.lead, a.lead + a.gap
+    """`lead + gap + 1` clean segments `[S, len]`, the sources, the recall position and the value."""
+    T, L, S, R = SEGMENTS, a.len, STATEMENT_SEGMENT, RECALL_SEGMENT
     clean = torch.randint(FILLER0, VOCAB, (T, L), generator=gen)
     if a.fixed_lead:  # the memory is used, but by the same content in every lane: no lane-to-lane noise before the write
         clean[:S] = torch.randint(FILLER0, VOCAB, (S, L), generator=torch.Generator().manual_seed(12345))
@@ -82,12 +84,12 @@ def batches(step: int, lanes: int, salt: int):
     docs = [document(gen, 1 if salt else 1 + int(torch.randint(a.copies, (), generator=gen)) if a.mix else a.copies)
             for _ in range(lanes)]
     segs = []
-    for t in range(a.lead + a.gap + 1):
+    for t in range(SEGMENTS):
         segs.append({
             "source_ids": torch.stack([d[1][t] for d in docs]),
             "source_mask": torch.ones(lanes, a.len, dtype=torch.bool),
             "labels": torch.stack([d[0][t] for d in docs]),
-            "resets": torch.full((lanes,), t == 0 or (a.fresh and t == a.lead)),
+            "resets": torch.full((lanes,), t == 0 or (a.fresh and t == STATEMENT_SEGMENT)),
         })
     return segs, torch.tensor([d[2] for d in docs]), torch.tensor([d[3] for d in docs])
 
@@ -100,8 +102,8 @@ def evaluate(model, n=256):
     for mode in ("memory", "reset"):
         memory = model.construct_memory(n)
         for t, batch in enumerate(segs):
-            resets = torch.ones(n, dtype=torch.bool) if (mode == "reset" and t == a.lead + a.gap) else None
-            if t < a.lead + a.gap:
+            resets = torch.ones(n, dtype=torch.bool) if (mode == "reset" and t == RECALL_SEGMENT) else None
+            if t < RECALL_SEGMENT:
                 _, _, memory = segment_forward(model, batch, memory, pad_id=PAD, decoder_start_id=EOS)
                 continue
             out = model(input_ids=batch["source_ids"], memory_states=memory,
@@ -120,11 +122,11 @@ if a.gate_bias is not None:
     torch.nn.init.constant_(model.model.encoder.memory_gate_net.dense2.bias, a.gate_bias)
 if a.mem_q_std is not None:
     for layer in model.model.encoder.layers:
-        torch.nn.init.normal_(layer.self_attn.mem_q_proj.weight, std=a.mem_q_std) if a.mem_q_std else torch.nn.init.zeros_(layer.self_attn.mem_q_proj.weight)
+        torch.nn.init.normal_(layer.self_attn.mem_q_proj.weight, std=a.mem_q_std)
 if a.memory_bias_std is not None:
     torch.nn.init.normal_(model.model.encoder.memory_bias, std=a.memory_bias_std)
 opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.98), weight_decay=0.01)
-weights = loss_weights(a.lead + a.gap + 1, "uniform")
+weights = loss_weights(SEGMENTS, "uniform")
 t0 = time.time()
 for step in range(1, a.steps + 1):
     segs, _, _ = batches(step, a.lanes, salt=0)
