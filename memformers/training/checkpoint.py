@@ -21,22 +21,50 @@ from pathlib import Path
 
 import torch
 
+from memformers.files import atomic_write
+
 from .distributed import Runtime, barrier
 
 TAG_PREFIX = "step-"
+LATEST = "latest"  # names the newest complete tag
+TRAINER_STATE = "trainer_state.json"
+MODEL_CONFIG = "model_config.json"
 
 
 def tag_for_step(step: int) -> str:
     return f"{TAG_PREFIX}{step:08d}"
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, incomplete or does not fit this run, phrased as what to do."""
+
+
+def checkpoint_tags(root: str | Path) -> list[str]:
+    """The step-* tags under a checkpoints folder, oldest first (complete or not)."""
+    root = Path(root)
+    return sorted(p.name for p in root.glob(f"{TAG_PREFIX}*") if p.is_dir()) if root.is_dir() else []
+
+
+def resolve_tag(root: str | Path, tag: str | None = None) -> str:
+    """`tag`, or the tag `root/latest` names, checked to exist with the trainer's files; CheckpointError if not."""
+    root = Path(root)
+    available = checkpoint_tags(root)
+    if not available:
+        raise CheckpointError(f"{root.parent} has no checkpoints ({root}/{TAG_PREFIX}* is missing): pass the run_dir "
+                              "of a pretrain/train.py run that has written at least one checkpoint")
+    if tag is None:
+        latest = root / LATEST
+        if not latest.is_file():
+            raise CheckpointError(f"{latest} is missing, so there is no default tag: pass a tag, one of "
+                                  f"{', '.join(available)}")
+        tag = latest.read_text().strip()
+    if tag not in available:
+        raise CheckpointError(f"unknown tag {tag!r} in {root}: available tags are {', '.join(available)}")
+    for name in (MODEL_CONFIG, TRAINER_STATE):
+        if not (root / tag / name).is_file():
+            raise CheckpointError(f"{root / tag / name} is missing: {tag} is not a complete trainer checkpoint "
+                                  f"(available tags: {', '.join(available)})")
+    return tag
 
 
 class Checkpointer:
@@ -46,7 +74,7 @@ class Checkpointer:
         self.runtime = runtime
 
     def latest_tag(self) -> str | None:
-        latest = self.root / "latest"
+        latest = self.root / LATEST
         if not latest.is_file():
             return None
         tag = latest.read_text().strip()
@@ -63,12 +91,12 @@ class Checkpointer:
         buffer = _serialize(rank_state)
         atomic_write(tag_dir / f"rank-{self.runtime.rank:05d}.pt", buffer)
         if self.runtime.is_main:
-            atomic_write(tag_dir / "trainer_state.json", json.dumps(trainer_state, indent=2))
-            atomic_write(tag_dir / "model_config.json", model_config_json)
+            atomic_write(tag_dir / TRAINER_STATE, json.dumps(trainer_state, indent=2))
+            atomic_write(tag_dir / MODEL_CONFIG, model_config_json)
         _fault_point("after_rank_state", step)
         barrier()  # every rank has written everything of `tag`
         if self.runtime.is_main:
-            atomic_write(self.root / "latest", tag)
+            atomic_write(self.root / LATEST, tag)
             self._prune(keep_tag=tag)
         barrier()
         return tag
@@ -88,7 +116,7 @@ class Checkpointer:
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {tag_dir}")
         rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)
-        trainer_state = json.loads((tag_dir / "trainer_state.json").read_text())
+        trainer_state = json.loads((tag_dir / TRAINER_STATE).read_text())
         return rank_state, trainer_state
 
     def _prune(self, keep_tag: str) -> None:
