@@ -4,7 +4,7 @@ model card, and the model code for `trust_remote_code=True`), then check it repr
     python pretrain/export_hf.py --run-dir runs/tiny --output exports/tiny [--tag step-00000200] [--dtype bf16]
 
 Exit codes: 0 exported and verified; 1 the verification failed (nothing published); 2 bad inputs.
-See memformers/export.py for what is written and how it is checked.
+See memformers/export/ (its __init__.py) for what is written and how it is checked.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", help="checkpoint tag, e.g. step-00000200 (default: the one checkpoints/latest names)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the saved weights")
     parser.add_argument("--force", action="store_true", help="replace the contents of a non-empty --output")
-    parser.add_argument("--tokenizer", help="tokenizer directory, if the run's SHARD_DIR/tokenizer has moved")
+    parser.add_argument("--tokenizer", help="tokenizer directory (or SHARD_DIR), if the run's SHARD_DIR has moved")
     args = parser.parse_args(argv)
     try:
         report = export_checkpoint(args.run_dir, args.output, tag=args.tag, dtype=args.dtype, force=args.force,
