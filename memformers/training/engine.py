@@ -10,7 +10,7 @@ import torch
 
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset
 
-from .config import ConfigError, PretrainConfig, deepspeed_config
+from .config import ConfigError, PretrainConfig, TrainSection, deepspeed_config
 from .distributed import Runtime
 
 # The noiser can insert <mask> tokens (insert_ratio): keep headroom beyond <s> + L + </s> in the position table.
@@ -55,15 +55,18 @@ def build_model(cfg: PretrainConfig, *, tokenizer_size: int, special_ids: dict[s
     return model
 
 
-def lr_lambda(cfg: PretrainConfig):
-    """Multiplier of train.lr at an optimizer step: linear warmup, then linear or cosine decay to min_lr_ratio."""
-    warmup, total, floor = cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.min_lr_ratio
+def lr_lambda(train: TrainSection):
+    """Multiplier of train.lr at an optimizer step: linear warmup, then linear or cosine decay to min_lr_ratio.
+    (A whole PretrainConfig is read for its train section.)"""
+    if isinstance(train, PretrainConfig):
+        train = train.train
+    warmup, total, floor, schedule = train.warmup_steps, train.max_steps, train.min_lr_ratio, train.lr_schedule
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if cfg.train.lr_schedule == "cosine":
+        if schedule == "cosine":
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         return floor + (1 - floor) * (1 - progress)
 
@@ -98,7 +101,7 @@ def build_engine(model, cfg: PretrainConfig, runtime: Runtime):
         model=model,
         model_parameters=parameter_groups(model, cfg.train.weight_decay),
         config=ds,
-        lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda(cfg)),
+        lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda(cfg.train)),
     )
     return engine
 
@@ -109,6 +112,16 @@ def model_dtype(engine) -> torch.dtype:
     if engine.fp16_enabled():
         return torch.float16
     return torch.float32
+
+
+def initial_memory(engine, lanes: int, device: torch.device) -> torch.Tensor:
+    """Every lane's memory before its first document: zeros `[lanes, M, d]` on `device` in the engine's dtype."""
+    return engine.module.construct_memory(lanes).to(device, model_dtype(engine))
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of the whole model, also under ZeRO-3 (where each rank holds a partition of each)."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
 
 
 def flops_per_token(config) -> float:

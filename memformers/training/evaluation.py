@@ -11,19 +11,25 @@ from collections.abc import Iterable
 
 import torch
 
+from .batches import to_device
+from .config import EvalSection
+from .corpus import Corpus
 from .distributed import all_reduce
+from .engine import initial_memory
 from .recurrence import segment_forward
 
 
 @torch.no_grad()
-def evaluate(model, batches: Iterable[dict], *, lanes: int, memory: torch.Tensor, positions: int, pad_id: int,
-             decoder_start_id: int, max_batches: int | None = None) -> dict:
-    """Run the val stream once, scoring each batch twice (memory carried / memory reset). Every rank must iterate
-    the same number of batches (the loader guarantees it); sums are all-reduced, so every rank gets the result.
+def evaluate(model, batches: Iterable[dict], eval_cfg: EvalSection, *, memory: torch.Tensor, pad_id: int,
+             decoder_start_id: int) -> dict:
+    """Run the val stream once (at most `eval.max_batches` batches), scoring each batch twice (memory carried /
+    memory reset), by segment position up to `eval.positions`. Every rank must iterate the same number of batches
+    (the loader guarantees it); sums are all-reduced, so every rank gets the result.
 
     Args:
         memory: an initial memory `[lanes, M, d]` (its content is ignored: the first segments reset it).
     """
+    lanes, positions, max_batches = memory.shape[0], eval_cfg.positions, eval_cfg.max_batches
     was_training = model.training
     model.eval()
     device = memory.device
@@ -62,3 +68,28 @@ def evaluate(model, batches: Iterable[dict], *, lanes: int, memory: torch.Tensor
         "eval_loss_by_position": by_position[0],
         "eval_loss_no_memory_by_position": by_position[1],
     }
+
+
+class Evaluator:
+    """The run's evaluations: a fresh pass over the corpus's val split (none if the split is empty), logged to
+    metrics.jsonl with its step and summarised in one line."""
+
+    def __init__(self, engine, corpus: Corpus, eval_cfg: EvalSection):
+        self.engine, self.corpus, self.cfg = engine, corpus, eval_cfg
+        self.enabled = corpus.has_val
+
+    def due(self, step: int) -> bool:
+        """Whether `eval.every_steps` asks for an evaluation after `step`."""
+        return self.enabled and bool(self.cfg.every_steps) and step % self.cfg.every_steps == 0
+
+    def run(self, step: int, logger) -> dict:
+        """Evaluate the model as it is after `step`; returns the record logged. Collective."""
+        device, config = self.corpus.runtime.device, self.engine.module.config
+        result = evaluate(self.engine, (to_device(b, device) for b in self.corpus.val_stream()), self.cfg,
+                          memory=initial_memory(self.engine, self.corpus.data.lanes, device),
+                          pad_id=config.pad_token_id, decoder_start_id=config.decoder_start_token_id)
+        record = {"step": step, **result}
+        logger.log(record)
+        logger.write(f"step {step}: eval loss {record['eval_loss']:.4f}, without memory "
+                     f"{record['eval_loss_no_memory']:.4f}, memory gain {record['memory_gain']:+.4f}")
+        return record

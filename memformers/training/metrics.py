@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .config import LoggingSection
+
 
 def wandb_mode(setting: str) -> str:
     if setting != "auto":
@@ -21,8 +23,11 @@ def wandb_mode(setting: str) -> str:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, *, enabled: bool, start_step: int, max_steps: int, progress_bar: bool,
-                 wandb_setting: str, wandb_project: str, wandb_name: str | None, wandb_id: str | None, config: dict):
+    """Rank 0's records and messages (`enabled` on rank 0 only), from `start_step` on: a resumed run drops what a
+    killed run logged after its checkpoint. `wandb_id` continues that wandb run; `config` is logged with it."""
+
+    def __init__(self, run_dir: Path, logging: LoggingSection, *, enabled: bool, start_step: int, max_steps: int,
+                 wandb_id: str | None, config: dict):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.wandb_run = None
@@ -31,17 +36,17 @@ class MetricsLogger:
         if not enabled:
             return
         self._truncate_after(start_step)
-        mode = wandb_mode(wandb_setting)
+        mode = wandb_mode(logging.wandb)
         if mode != "disabled":
             import wandb
 
             # wandb run ids are [a-z0-9]; made here (wandb's own helper moved between versions)
             self.wandb_id = wandb_id or secrets.token_hex(4)
             self.wandb_run = wandb.init(
-                project=wandb_project, name=wandb_name or Path(run_dir).name, id=self.wandb_id, resume="allow",
-                mode=mode, dir=str(run_dir), config=config,
+                project=logging.wandb_project, name=logging.wandb_name or Path(run_dir).name, id=self.wandb_id,
+                resume="allow", mode=mode, dir=str(run_dir), config=config,
             )
-        if progress_bar:
+        if logging.progress_bar:
             self.bar = tqdm(total=max_steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
                             mininterval=1.0)
 
@@ -67,7 +72,8 @@ class MetricsLogger:
         if self.bar is None:
             return
         self.bar.n = step
-        postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}", "tok/s": f"{record['tokens_per_s']:.0f}"}
+        postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
+                   "tok/s": f"{record['tokens_per_s']:.0f}"}
         if record.get("mfu") is not None:
             postfix["mfu"] = f"{record['mfu']:.1%}"
         self.bar.set_postfix(postfix, refresh=False)

@@ -1,0 +1,108 @@
+"""One optimizer step: `train.rollouts_per_step` rollouts of `train.time_horizon` segments, every lane's memory
+carried from rollout to rollout and step to step, then the step's record for metrics.jsonl."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .batches import take
+from .config import TrainSection
+from .distributed import Runtime, all_reduce, peak_tflops
+from .engine import flops_per_token
+from .recurrence import loss_weights, run_rollout
+from .state import TrainState
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """What every step of the run does the same way."""
+
+    rollouts: int
+    time_horizon: int
+    weights: list[float]
+    """The T segment losses' weights in a rollout's loss."""
+    replay: bool
+    pad_id: int
+    decoder_start_id: int
+    device: torch.device
+    world_size: int
+    flops_per_token: float
+    """Training FLOPs per target token (for the MFU estimate)."""
+    peak_tflops: float | None
+    """Per-device peak; None: MFU is not logged."""
+
+    @classmethod
+    def of(cls, train: TrainSection, engine, runtime: Runtime, peak: float | None = None) -> StepSpec:
+        """The steps of `train` on `engine`; `peak` (logging.peak_tflops) overrides the accelerator's data sheet."""
+        config = engine.module.config
+        return cls(rollouts=train.rollouts_per_step, time_horizon=train.time_horizon,
+                   weights=loss_weights(train.time_horizon, train.loss_weighting), replay=train.memory_replay,
+                   pad_id=config.pad_token_id, decoder_start_id=config.decoder_start_token_id, device=runtime.device,
+                   world_size=runtime.world_size, flops_per_token=flops_per_token(config),
+                   peak_tflops=peak or peak_tflops(runtime.device))
+
+
+def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpec) -> dict | None:
+    """Run one optimizer step, advancing `state` (step, tokens, memory). Returns the step's record, or None when
+    the data ran out (train.epochs reached) before the step was complete; then step and tokens are unchanged.
+
+    The record: step, loss (per target token, all ranks), lr (the one this step applied), tokens (so far, all
+    ranks), tokens_per_s, grad_norm (None exactly when the update was skipped: a non-finite loss or gradient), mfu
+    (None without a peak), step_time_s, skipped_steps (so far). Collective: every rank calls it.
+    """
+    started, lr = time.perf_counter(), engine.get_lr()[0]  # the lr this step applies
+    step_loss, step_tokens = 0.0, 0
+    for _ in range(spec.rollouts):
+        segments = take(batches, spec.time_horizon, spec.device)
+        if segments is None:
+            return None
+        result = run_rollout(engine, segments, state.memory, spec.weights, replay=spec.replay,
+                             pad_id=spec.pad_id, decoder_start_id=spec.decoder_start_id)
+        engine.backward(result.loss)
+        engine.step()
+        state.memory = result.memory
+        step_loss, step_tokens = step_loss + result.loss_sum, step_tokens + result.tokens
+    state.step += 1
+
+    totals = all_reduce(torch.tensor([step_loss, float(step_tokens)], dtype=torch.float64, device=spec.device))
+    elapsed = time.perf_counter() - started
+    state.tokens += int(totals[1].item())
+    applied = engine.was_step_applied()
+    tokens_per_s = totals[1].item() / elapsed
+    peak = spec.peak_tflops
+    return {
+        "step": state.step,
+        "loss": totals[0].item() / max(totals[1].item(), 1.0),
+        "lr": lr,
+        "tokens": state.tokens,
+        "tokens_per_s": tokens_per_s,
+        "grad_norm": float(engine.get_global_grad_norm()) if applied else None,
+        "mfu": tokens_per_s * spec.flops_per_token / (spec.world_size * peak * 1e12) if peak else None,
+        "step_time_s": elapsed,
+        "skipped_steps": engine.skipped_steps,
+    }
+
+
+class NonFiniteGuard:
+    """Counts skipped updates in a row; the run stops at `limit` of them (train.max_nonfinite_steps)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_a_row = 0
+
+    def tripped(self, record: dict, logger) -> bool:
+        """Account for a step's record (reporting a skipped update); True when the run must stop."""
+        if record["grad_norm"] is not None:
+            self.in_a_row = 0
+            return False
+        self.in_a_row += 1
+        logger.write(f"step {record['step']}: non-finite loss or gradient, update skipped ({self.in_a_row} in a row)")
+        if self.in_a_row < self.limit:
+            return False
+        logger.write(f"stopping: {self.in_a_row} consecutive non-finite steps (train.max_nonfinite_steps)."
+                     " Lower train.lr, raise train.warmup_steps, or check the data.")
+        return True
