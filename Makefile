@@ -6,12 +6,14 @@ PY := $(VENV)/bin/python
 # The CPU wheel where there is no GPU (a local wheel on the dev machines); a CUDA torch already in the venv is kept.
 TORCH_CPU_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# The unit tests: no test that takes more than ~10 s, starts several processes or needs the Slurm cluster.
+FAST_MARKERS := not slow and not distributed and not slurm
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo lint test test-fast bench clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip wheel setuptools
 	@if $(PY) -c "import torch" 2>/dev/null; then \
@@ -21,15 +23,24 @@ $(VENV)/.installed: setup.py
 	else \
 	    $(PY) -m pip install -q $(TORCH_CPU_SPEC); \
 	fi
-	@$(PY) -m pip install -q -e ".[test]"
+	@$(PY) -m pip install -q -e ".[test,lint]"
 	@touch $@
 
 demo: venv
 	$(PY) pretrain/demo.py
 
-test: venv
+lint: venv
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/ruff format --check . || status=1; \
+	exit $$status
+
+test: lint
 	# one OpenMP thread per process: tests run several processes on few cores, and oversubscription is 20-40x slower
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-fast: venv
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "$(FAST_MARKERS)" $(PYTEST_ARGS) tests
 
 bench: venv
 	$(PY) bench/run_all.py

@@ -1,36 +1,30 @@
 """Session fixtures of the data tests (tests/test_data_*.py): generated corpora, tokenizers trained on
 them in the test session, and a SHARD_DIR. Nothing is downloaded.
 
-Import them into a test module with `from data_fixtures import *` (a fixture is only found when the
-fixtures it depends on are imported too). Each artefact is built once per test process (cached here),
-however many test modules import the fixtures.
+A pytest plugin: tests/conftest.py loads it (`pytest_plugins`), so every test module can ask for these
+fixtures by name; constants and helpers (REPO, SEGMENT_LENGTH, data_prep_script, ...) are imported by name
+(`from data_fixtures import SEGMENT_LENGTH`: tests/ is on pytest's `pythonpath`). Each artefact is built once
+per test process (cached here).
 """
+
 from __future__ import annotations
 
 import importlib.util
 import json
 import random
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 from memformers.data import SyntheticConfig, generate_documents, shard_documents, train_tokenizer  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 SEGMENT_LENGTH = 64
 NUM_SYNTHETIC_DOCS = 120
 DOCS_PER_SHARD = 16
 VAL_FRACTION = 0.2
-
-__all__ = [
-    "REPO", "SEGMENT_LENGTH", "NUM_SYNTHETIC_DOCS", "DOCS_PER_SHARD", "VAL_FRACTION", "varied_texts", "data_prep_script",
-    "synthetic_docs", "synthetic_jsonl", "varied_jsonl", "bpe_tokenizer", "unigram_tokenizer", "shard_dir",
-]  # fmt: skip
 
 _CACHE: dict[str, Any] = {}
 
@@ -42,8 +36,8 @@ def _once(name: str, build: Callable[[], Any]) -> Any:
 
 
 def data_prep_script(name: str):
-    """A data_prep script as a module, to call its main(argv) in this process."""
-    sys.path.insert(0, str(REPO / "data_prep"))
+    """A data_prep script as a module, to call its main(argv) in this process (its `_cli` import is found through
+    data_prep/ on pytest's `pythonpath`)."""
     spec = importlib.util.spec_from_file_location(f"data_prep_{name}", REPO / "data_prep" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -57,12 +51,17 @@ def varied_texts(count: int, seed: int = 0) -> list[str]:
         "the a memory model reads long documents segment by segment and keeps what matters in its slots "
         "while older context fades unless it is useful later on for answering questions about facts"
     ).split()
-    extras = ["café", "naïve", "Zürich", "東京", "データ", "😀", "—", "«quote»", "x²", "Ωmega", "\t", "3.14", "1,024", "<s>", "<mask>", "<0x41>"]
+    extras = [
+        "café", "naïve", "Zürich", "東京", "データ", "😀", "—", "«quote»", "x²", "Ωmega", "\t", "3.14", "1,024", "<s>",
+        "<mask>", "<0x41>",
+    ]  # fmt: skip
     docs = []
     for _ in range(count):
         sentences = []
         for _ in range(rng.randint(3, 25)):
-            sentence = " ".join(rng.choice(words) if rng.random() > 0.1 else rng.choice(extras) for _ in range(rng.randint(3, 18)))
+            sentence = " ".join(
+                rng.choice(words) if rng.random() > 0.1 else rng.choice(extras) for _ in range(rng.randint(3, 18))
+            )
             sentences.append(sentence.capitalize() + rng.choice([".", ".", "!", "?", '."', ";", ""]))
         docs.append(rng.choice([" ", "  ", "\n", "\n\n"]).join(sentences))
     return docs
@@ -92,7 +91,9 @@ def varied_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     def build() -> Path:
         path = tmp_path_factory.mktemp("corpus") / "varied.jsonl"
-        path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(varied_texts(150))), encoding="utf-8")
+        path.write_text(
+            "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(varied_texts(150))), encoding="utf-8"
+        )
         return path
 
     return _once("varied_jsonl", build)
@@ -123,7 +124,9 @@ def unigram_tokenizer(tmp_path_factory: pytest.TempPathFactory, varied_jsonl: Pa
 
 
 @pytest.fixture(scope="session")
-def shard_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path, varied_jsonl: Path, bpe_tokenizer: Path) -> Path:
+def shard_dir(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_jsonl: Path, varied_jsonl: Path, bpe_tokenizer: Path
+) -> Path:
     """Both corpora sharded with the BPE tokenizer: segments of 64, 20% val, 16 documents per shard."""
 
     def build() -> Path:

@@ -5,13 +5,10 @@ import bz2
 import gzip
 import json
 import lzma
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from data_fixtures import *  # noqa: E402,F401,F403
+from data_fixtures import varied_texts
 
 from memformers.data import BadRecordError, DataError, DocumentReader, shard_documents  # noqa: E402
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import sys
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -10,9 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from data_fixtures import *  # noqa: E402,F401,F403
+from data_fixtures import SEGMENT_LENGTH
 
 from memformers.data import (  # noqa: E402
     DataError,

@@ -1,14 +1,8 @@
 """Cutting documents into segments (memformers.data.segmenting)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-import data_fixtures  # noqa: E402,F401  (puts the repository on sys.path)
 
 from memformers.data import segment_ends  # noqa: E402
 

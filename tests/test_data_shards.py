@@ -4,14 +4,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from data_fixtures import *  # noqa: E402,F401,F403
+from data_fixtures import DOCS_PER_SHARD, SEGMENT_LENGTH, data_prep_script
 
 from memformers.data import (  # noqa: E402
     DataError,

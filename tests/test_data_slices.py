@@ -12,9 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from data_fixtures import *  # noqa: E402,F401,F403
+from data_fixtures import REPO, data_prep_script, varied_texts
 
 from memformers.data import DataError, DocumentReader, read_manifest, shard_documents  # noqa: E402
 from memformers.data import sharding  # noqa: E402

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from data_fixtures import *  # noqa: E402,F401,F403
+from data_fixtures import REPO, SEGMENT_LENGTH
 
 from memformers.data import (  # noqa: E402
     SyntheticConfig,

@@ -18,6 +18,10 @@ from launch import Ranks, cpu_env, deepspeed_cmd, run, torchrun_cmd
 TRAIN = "pretrain/train.py"
 STEP_KEYS = {"step", "loss", "lr", "tokens", "tokens_per_s", "grad_norm", "mfu"}
 
+# each test starts pretrain/train.py or a DeepSpeed script (15-40 s on 2 cores); all but the config-error test
+# start 2 ranks
+pytestmark = pytest.mark.slow
+
 
 def metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
@@ -40,6 +44,7 @@ def wait_for_step(run_dir: Path, step: int, ranks: Ranks, timeout: float = 300) 
     raise AssertionError(f"step {step} not reached in {timeout}s:\n{ranks.output()[-6000:]}")
 
 
+@pytest.mark.distributed
 def test_zero2_torchrun_trains_evaluates_and_checkpoints(tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
     run(torchrun_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "train.max_steps=6", "checkpoint.every_steps=3",
@@ -66,6 +71,7 @@ def test_zero2_torchrun_trains_evaluates_and_checkpoints(tiny_shards, tmp_path):
     assert (run_dir / "config.yaml").is_file()
 
 
+@pytest.mark.distributed
 def test_zero3_deepspeed_launcher_with_memory_replay(tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
     run(deepspeed_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "deepspeed=ds_configs/zero3.json",
@@ -77,6 +83,7 @@ def test_zero3_deepspeed_launcher_with_memory_replay(tiny_shards, tmp_path):
     assert (run_dir / "checkpoints" / "latest").read_text() == "step-00000004"
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("stage", [2, 3])
 def test_replay_and_bptt_give_the_same_gradients_under_zero(stage):
     out = run(torchrun_cmd("tests/scripts/replay_grads.py", [str(stage)]))
@@ -96,6 +103,7 @@ def uninterrupted(tiny_shards, tmp_path_factory) -> list[tuple[int, float]]:
 RESUME_ARGS = ("train.max_steps=10", "checkpoint.every_steps=3", "eval.every_steps=0")
 
 
+@pytest.mark.distributed
 def test_exact_resume_after_kill_9(tiny_shards, tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     ranks = Ranks(TRAIN, tiny_run_args(run_dir, tiny_shards, *RESUME_ARGS))
@@ -108,6 +116,7 @@ def test_exact_resume_after_kill_9(tiny_shards, tmp_path, uninterrupted):
     assert losses(run_dir) == uninterrupted  # identical, step for step
 
 
+@pytest.mark.distributed
 def test_a_killed_checkpoint_writer_leaves_the_previous_checkpoint_loadable(tiny_shards, tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     ranks = Ranks(TRAIN, tiny_run_args(run_dir, tiny_shards, *RESUME_ARGS),
@@ -126,6 +135,7 @@ def test_a_killed_checkpoint_writer_leaves_the_previous_checkpoint_loadable(tiny
     assert losses(run_dir) == uninterrupted
 
 
+@pytest.mark.distributed
 def test_sigusr1_checkpoints_and_exits_75_then_resumes(tiny_shards, tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     ranks = Ranks(TRAIN, tiny_run_args(run_dir, tiny_shards, *RESUME_ARGS))
@@ -140,6 +150,7 @@ def test_sigusr1_checkpoints_and_exits_75_then_resumes(tiny_shards, tmp_path, un
     assert losses(run_dir) == uninterrupted
 
 
+@pytest.mark.distributed
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
     proc = run(torchrun_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "train.lr=1e30", "train.warmup_steps=0",
@@ -159,6 +170,7 @@ def test_config_errors_exit_2_with_the_key_named(tiny_shards, tmp_path):
     assert "unknown config key 'train.max_step'" in proc.stderr and "max_steps" in proc.stderr
 
 
+@pytest.mark.distributed
 def test_wandb_offline_run_id_survives_resume(tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
     common = ("checkpoint.every_steps=2", "eval.every_steps=0", "logging.wandb=offline")
@@ -173,6 +185,7 @@ def test_wandb_offline_run_id_survives_resume(tiny_shards, tmp_path):
     assert len(offline_runs) == 2 and all(name.endswith(run_id) for name in offline_runs)
 
 
+@pytest.mark.distributed
 def test_a_short_run_on_the_synthetic_corpus_learns_to_use_its_memory(tiny_shards, tmp_path):
     """With the memory carried, the val loss ends lower than with it reset at every segment, by far more than the
     gain of a model that has not learned to use it (|gain| ~ 1e-4 at the start); and the gain sits where memory can

@@ -25,6 +25,9 @@ from safetensors.torch import load_file
 from memformers.export import ExportError, VerificationError, export_checkpoint
 from memformers.models.membart import MemBartConfig, MemBartForConditionalGeneration
 
+# every test uses `runs`: 3-step pretraining runs under 2-rank torchrun, one per ZeRO stage
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 TOLERANCE = 1e-5
 STAGES = ("zero0", "zero2", "zero3")
 TEXTS = [["In the harbor, the guards sang suddenly.", "The code of Vagri is ochre. Lena said so twice."],

@@ -21,7 +21,7 @@ from test_export import exported
 
 EXAMPLE = REPO / "examples" / "finetune_dialog"
 SAMPLE = EXAMPLE / "data" / "sample_dialogs.json"
-sys.path.insert(0, str(EXAMPLE))
+# the example's modules below are found through examples/finetune_dialog on pytest's `pythonpath`
 
 import dialog_data  # noqa: E402
 import generate  # noqa: E402
@@ -80,6 +80,8 @@ def test_bad_dialogue_files_say_where(tmp_path):
         dialog_data.load_dialogues(tmp_path / "missing.json")
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_turn_streams_one_dialogue_per_lane_reset_at_start_then_padding(tokenizer):
     dialogues = list(dialog_data.load_dialogues(SAMPLE).values())[:3]
     examples = [dialog_data.dialogue_examples(d, tokenizer, context_turns=1, max_source_len=64, max_target_len=32)
@@ -115,6 +117,8 @@ def test_turn_streams_one_dialogue_per_lane_reset_at_start_then_padding(tokenize
 # --------------------------------------------------------------------------------------------------- training
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_loss_decreases_on_a_fixed_batch(export_dir, tmp_path):
     torch.manual_seed(0)
     model, tokenizer = generate.load_model(export_dir)
@@ -131,6 +135,8 @@ def test_loss_decreases_on_a_fixed_batch(export_dir, tmp_path):
     assert losses[-1] < 0.8 * losses[0] and losses[-1] < min(losses[:3]), losses
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_generation_encodes_a_dialogue_exactly_as_training_does(export_dir, tokenizer):
     model = generate.load_model(export_dir)[0].eval()
     turns = next(iter(dialog_data.load_dialogues(SAMPLE).values()))
@@ -148,6 +154,8 @@ def test_generation_encodes_a_dialogue_exactly_as_training_does(export_dir, toke
     torch.testing.assert_close(encoded.memory_states, memories[k - 1], atol=1e-6, rtol=0)
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_finetune_with_torch_then_reply_with_memory(export_dir, tmp_path, capsys):
     output = tmp_path / "finetuned"
     assert train.main(["--model", str(export_dir), "--data", str(SAMPLE), "--output", str(output), "--steps", "3",
@@ -184,6 +192,8 @@ def test_finetune_with_torch_then_reply_with_memory(export_dir, tmp_path, capsys
     assert (scores[0] - scores[1]).abs().max() > 1e-4
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_finetune_with_deepspeed_where_memformers_is_not_installed(export_dir, tmp_path):
     """One process, ZeRO-2, then the --sample replies; `memformers` shadowed by a package that raises, so the
     example runs on transformers + the export's own code only."""

@@ -13,10 +13,13 @@ it is at chance (1/16).
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset
 from memformers.training.recurrence import loss_weights, run_rollout, segment_forward
+
+pytestmark = pytest.mark.slow  # 150 training steps in-process: ~35 s on 2 cores
 
 BOS, PAD, EOS, MASK, STATE, RECALL = 0, 1, 2, 4, 5, 6
 VALUE0, VALUES, FILLER0, VOCAB = 10, 16, 100, 512

@@ -1,14 +1,11 @@
 """The recall probe (memformers.recall) that `make demo` reports: which facts it probes, and what it returns."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from data_fixtures import *  # noqa: E402,F401,F403
+from data_fixtures import SEGMENT_LENGTH
 
 from memformers.data import load_tokenizer, value_set  # noqa: E402
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset  # noqa: E402

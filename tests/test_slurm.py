@@ -29,6 +29,9 @@ PY = sys.executable
 TINY = "pretrain/configs/tiny.yaml"
 TRAIN_ARGS = ["eval.max_batches=2", "logging.wandb=disabled", "logging.progress_bar=false"]
 
+# each test runs sbatch jobs on the local cluster (started once per session, slurm-wlm installed first if needed)
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
 
 @pytest.fixture(scope="session")
 def cluster():
@@ -86,6 +89,7 @@ def context(cluster: SlurmCluster, run_dir: Path, job_out: Path) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.distributed
 def test_pretrain_two_nodes_trains_and_checkpoints(cluster: SlurmCluster, shards: Path, tmp_path: Path):
     run_dir, job_out = tmp_path / "run", tmp_path / "slurm-%j.out"
     cmd = ["sbatch", "--wait", "--parsable", "-N", "2", "--partition", cluster.partition, "--gpus-per-node=0",
@@ -114,6 +118,7 @@ def test_pretrain_two_nodes_trains_and_checkpoints(cluster: SlurmCluster, shards
     assert "2 node(s) x 1 rank(s) = world size 2" in main_log and "done" in main_log, where
 
 
+@pytest.mark.distributed
 def test_preemption_checkpoints_requeues_and_resumes(cluster: SlurmCluster, shards: Path, tmp_path: Path):
     """SIGUSR1 to the batch shell (as --signal=B:USR1@T sends it) mid-run: checkpoint, requeue, resume, finish.
 
