@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from memformers.data import SyntheticConfig, generate_documents, shard_documents, train_tokenizer  # noqa: E402
+from memformers.data import shard_documents, train_tokenizer  # noqa: E402
+from memformers.recall import SyntheticConfig, generate_documents  # noqa: E402
 
 SEGMENT_LENGTH = 64
 NUM_SYNTHETIC_DOCS = 120

@@ -10,9 +10,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from data_fixtures import *  # noqa: E402,F401,F403
 
-from memformers.data import load_tokenizer, value_set  # noqa: E402
+from memformers.data import load_tokenizer  # noqa: E402
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset  # noqa: E402
-from memformers.recall import recall_probe  # noqa: E402
+from memformers.recall import recall_probe, value_set  # noqa: E402
 
 
 @pytest.fixture(scope="module")
