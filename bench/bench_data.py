@@ -11,7 +11,7 @@
    of 64 tokens), divided by the segments/s one training step of the tiny MemBART preset consumes
    (forward, backward and AdamW on the same batches, memory carried). Target: >= 100.
 
-The corpus is the synthetic one (memformers.data.synthetic) with a 2,000-piece BPE tokenizer.
+The corpus is the synthetic one (memformers.recall.corpus) with a 2,000-piece BPE tokenizer.
 """
 from __future__ import annotations
 
@@ -29,14 +29,8 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the baseline and each worker t
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Result  # noqa: E402
-from memformers.data import (  # noqa: E402
-    SegmentStreamLoader,
-    SyntheticConfig,
-    generate_documents,
-    load_tokenizer,
-    shard_documents,
-    train_tokenizer,
-)
+from memformers.data import SegmentStreamLoader, load_tokenizer, shard_documents, train_tokenizer  # noqa: E402
+from memformers.recall import SyntheticConfig, generate_documents  # noqa: E402
 
 SEGMENT_LENGTH = 64
 LANES = 4

@@ -71,7 +71,8 @@ class PeakLiveBytes(TorchDispatchMode):
 
 def make_corpus(root: Path, docs: int, segment_length: int) -> Path:
     """A real SHARD_DIR of the synthetic corpus, built with the library the data_prep scripts wrap."""
-    from memformers.data import shard_documents, train_tokenizer, write_synthetic_corpus
+    from memformers.data import shard_documents, train_tokenizer
+    from memformers.recall import write_synthetic_corpus
 
     corpus = root / "corpus.jsonl"
     write_synthetic_corpus(corpus, docs)

@@ -10,7 +10,7 @@ mention a key or a value; values come from a closed set of --num-values words, s
 data that lets a memory learn to pick facts up; probe with a corpus of --max-repeats 1). With
 --recalls-per-fact K every fact is recalled in K rounds, --recall-spacing-words apart: recalls at
 growing distances from the statement, so the memory learns to write a fact and to keep it. See
-memformers/data/synthetic.py for the format and the segment-distance guarantee.
+memformers/recall/corpus.py for the format and the segment-distance guarantee.
 """
 from __future__ import annotations
 
@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def go() -> int:
-        from memformers.data import DataError, SyntheticConfig, write_synthetic_corpus
+        from memformers.data import DataError
+        from memformers.recall import SyntheticConfig, write_synthetic_corpus
 
         try:
             config = SyntheticConfig(args.seed, args.num_values, args.facts_per_doc, args.gap_words, args.max_repeats,

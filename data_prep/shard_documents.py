@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def go() -> int:
         from memformers.data import shard_documents
-        from memformers.data.merge import IncompleteSlicesError
+        from memformers.data import IncompleteSlicesError
 
         try:
             summary = shard_documents(

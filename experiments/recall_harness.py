@@ -15,7 +15,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from memformers.data import SegmentStreamLoader, load_tokenizer, shard_documents, split_of
-from memformers.data import synthetic as syn
+from memformers.recall import corpus as syn
 from memformers.noising import BartDenoiser, DenoisingConfig, token_tables
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset
 from memformers.training.recurrence import run_rollout, loss_weights, decoder_inputs

@@ -68,6 +68,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memformers.data.tokenizer import ends_sentence
+
 __all__ = ["DenoisingConfig", "TokenTables", "token_tables", "BartDenoiser"]
 
 MASK_LENGTHS = ("subword", "word", "span-poisson")
@@ -139,8 +141,6 @@ class TokenTables:
         return len(self.word_start)
 
 
-# Text ending a sentence: . ! or ? then optional closing quotes/brackets (and trailing whitespace).
-_SENTENCE_END = re.compile(r"[.!?][\"'\u2019\u201d\u00bb)\]}]*\s*\Z")
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>\Z")
 _METASPACE = "\u2581"  # "▁"
 
@@ -198,8 +198,9 @@ def token_tables(tokenizer) -> TokenTables:
     WordPiece tokens without ``##``. Special and other added tokens are word starts (fairseq's rule).
     Byte-fallback tokens ``<0xHH>`` are word starts only for a whitespace byte: the other bytes are
     pieces of a character whose word began with an earlier ``▁`` token.
-    Sentence ends: tokens whose text ends with ``.``, ``!`` or ``?``, optionally followed by closing
-    quotes/brackets. Special tokens never end a sentence.
+    Sentence ends: tokens whose text ends a sentence by the package's one rule
+    (:func:`memformers.data.tokenizer.ends_sentence`: ``.``, ``!`` or ``?``, then optional closing
+    quotes/brackets), the rule the sharder cuts segments by. Special tokens never end a sentence.
     """
     size = len(tokenizer)
     pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
@@ -224,7 +225,7 @@ def token_tables(tokenizer) -> TokenTables:
             continue
         text = added[i].content if i in added else _piece_text(piece, style)
         word_start[i] = i in added or text[:1].isspace()
-        sentence_end[i] = _SENTENCE_END.search(text) is not None
+        sentence_end[i] = ends_sentence(text)
     return TokenTables(word_start=word_start, sentence_end=sentence_end, special=special)
 
 

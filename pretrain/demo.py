@@ -153,7 +153,8 @@ def probe(export_dir: Path, corpus: Path, shards: Path) -> dict:
     (another seed than the training corpus, each fact stated once), show a few recalls."""
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from memformers.data import read_manifest, value_set
+    from memformers.data import read_manifest
+    from memformers.recall import value_set
     from memformers.recall import recall_probe
 
     manifest = read_manifest(shards)

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from memformers.data import SyntheticConfig, generate_documents, shard_documents, train_tokenizer  # noqa: E402
+from memformers.data import shard_documents, train_tokenizer
+from memformers.recall import SyntheticConfig, generate_documents
 
 REPO = Path(__file__).resolve().parents[1]
 SEGMENT_LENGTH = 64

@@ -1,4 +1,4 @@
-"""Input formats and bad input (memformers.data.sources, and through shard_documents)."""
+"""Input formats and bad input (memformers.data.prep.sources, and through shard_documents)."""
 from __future__ import annotations
 
 import bz2

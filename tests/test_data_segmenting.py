@@ -1,4 +1,4 @@
-"""Cutting documents into segments (memformers.data.segmenting)."""
+"""Cutting documents into segments (memformers.data.prep.segmenting)."""
 from __future__ import annotations
 
 import numpy as np

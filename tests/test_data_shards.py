@@ -21,7 +21,7 @@ from memformers.data import (  # noqa: E402
     shard_documents,
     split_of,
 )
-from memformers.data import sharding  # noqa: E402
+from memformers.data.prep import writer  # noqa: E402
 
 
 def _all_documents(shards: Path) -> dict[str, tuple[np.ndarray, np.ndarray, dict]]:
@@ -129,7 +129,7 @@ def test_resume_after_interruption_finishes_only_missing_shards(
     reference = tmp_path / "reference"
     shard_documents(*args, reference, **kwargs)
 
-    commit = sharding._ShardWriter.commit
+    commit = writer.ShardWriter.commit
     commits = []
 
     def interrupted(self):
@@ -139,10 +139,10 @@ def test_resume_after_interruption_finishes_only_missing_shards(
         return commit(self)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(sharding._ShardWriter, "commit", interrupted)
+    monkeypatch.setattr(writer.ShardWriter, "commit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         shard_documents(*args, out, **kwargs)
-    monkeypatch.setattr(sharding._ShardWriter, "commit", commit)
+    monkeypatch.setattr(writer.ShardWriter, "commit", commit)
     assert not (out / "manifest.json").exists()
     before = {p: p.stat().st_mtime_ns for p in commits}
 
@@ -246,7 +246,7 @@ def test_sample_encoding_matches_the_standard_formats() -> None:
     import io
     import tarfile
 
-    from memformers.data.shardio import decode_sample, encode_sample, npy_bytes, tar_header, tar_trailer
+    from memformers.data.format.samples import decode_sample, encode_sample, npy_bytes, tar_header, tar_trailer
 
     for array in (np.arange(5, dtype="<u2"), np.zeros(0, dtype="<u4"), np.array([1, 70000], dtype="<u4")):
         buffer = io.BytesIO()
@@ -268,7 +268,7 @@ def test_sample_encoding_matches_the_standard_formats() -> None:
 
 
 def test_statistics_from_histograms_match_plain_percentiles() -> None:
-    from memformers.data.verify import distribution, histogram_distribution
+    from memformers.data.prep.verify import distribution, histogram_distribution
 
     rng = np.random.default_rng(0)
     for size in (1, 2, 5, 100, 1001):

@@ -1,4 +1,4 @@
-"""Sharding in slices + merge (memformers/data/merge.py; shard_documents.py --num-slices/--slice-index/--merge):
+"""Sharding in slices + merge (memformers/data/prep/slices.py; shard_documents.py --num-slices/--slice-index/--merge):
 the merged SHARD_DIR is byte-identical to the single-process run; the slice rule; missing, unfinished and other-run
 slices; resume; idempotence; slices running at once as separate processes."""
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from data_fixtures import REPO, data_prep_script, varied_texts
 
 from memformers.data import DataError, DocumentReader, read_manifest, shard_documents  # noqa: E402
-from memformers.data import sharding  # noqa: E402
-from memformers.data.merge import IncompleteSlicesError, Part, SliceReader, plan_slices, slice_dir  # noqa: E402
+from memformers.data.prep import writer  # noqa: E402
+from memformers.data.prep.slices import IncompleteSlicesError, Part, SliceDocuments, plan_slices, slice_dir  # noqa: E402
 
 SETTINGS = dict(segment_length=48, val_fraction=0.3, docs_per_shard=7, skip_bad_records=True, workers=0, progress=False)
 NO_TOKENS = "#####"  # the test tokenizer deletes '#': a document without any token
@@ -151,9 +151,8 @@ def test_slice_rule_partitions_the_document_stream(corpora: dict, tmp_path: Path
         for count in range(1, 9):
             got, read, skipped = [], 0, 0
             for index, parts in enumerate(plan_slices(whole.sources, count)):
-                reader = SliceReader(inputs, skip_bad_records=True)
-                reader.parts = parts
-                got += _documents(reader)
+                reader = DocumentReader(inputs, skip_bad_records=True)
+                got += _documents(SliceDocuments(reader, parts))
                 read += reader.stats.documents_read
                 skipped += sum(reader.stats.skipped.values())
             assert got == expected, (inputs, count)
@@ -193,7 +192,7 @@ def test_missing_and_unfinished_slices_fail_the_merge_then_resume(
     err = capsys.readouterr().err
     assert "1 of 3 slices not ready: slice 1 is missing" in err and "--slice-index" in err
 
-    commit, commits = sharding._ShardWriter.commit, []
+    commit, commits = writer.ShardWriter.commit, []
 
     def interrupted(self):  # Ctrl-C after the slice's second shard
         if len(commits) == 2:
@@ -201,10 +200,10 @@ def test_missing_and_unfinished_slices_fail_the_merge_then_resume(
         commits.append(self.path)
         return commit(self)
 
-    monkeypatch.setattr(sharding._ShardWriter, "commit", interrupted)
+    monkeypatch.setattr(writer.ShardWriter, "commit", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _slice(inputs, hash_tokenizer, out, 3, 1)
-    monkeypatch.setattr(sharding._ShardWriter, "commit", commit)
+    monkeypatch.setattr(writer.ShardWriter, "commit", commit)
     assert merge([*_cli_args(inputs, hash_tokenizer, out), "--num-slices", "3", "--merge"]) == 1
     assert f"slice 1 is unfinished (no slice.json in {slice_dir(out, 1)}" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()

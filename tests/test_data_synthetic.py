@@ -1,4 +1,4 @@
-"""The synthetic long-range-dependency corpus (memformers.data.synthetic, data_prep/make_synthetic.py)."""
+"""The synthetic long-range-dependency corpus (memformers.recall.corpus, data_prep/make_synthetic.py)."""
 from __future__ import annotations
 
 import json
@@ -11,16 +11,15 @@ import numpy as np
 import pytest
 from data_fixtures import REPO, SEGMENT_LENGTH
 
-from memformers.data import (  # noqa: E402
+from memformers.data import load_tokenizer, segment_ends, sentence_end_table  # noqa: E402
+from memformers.recall import (  # noqa: E402
+    FILLER_WORDS,
+    VALUE_WORDS,
     SyntheticConfig,
     chance_level,
-    load_tokenizer,
     make_document,
-    segment_ends,
-    sentence_end_table,
     value_set,
 )
-from memformers.data.synthetic import FILLER_WORDS, VALUE_WORDS  # noqa: E402
 
 
 def test_deterministic_from_seed() -> None:

@@ -133,4 +133,17 @@ def test_sentence_end_table(bpe_tokenizer: Path) -> None:
             assert not table[vocab[piece]], piece
     assert not table[[0, 1, 2, 3, 4]].any()
     ends = [tokenizer.convert_ids_to_tokens(int(i)) for i in np.flatnonzero(table)]
-    assert all(tokenizer.convert_tokens_to_string([t]).rstrip()[-1] in ".!?\"'”’»" for t in ends)
+    assert all(tokenizer.convert_tokens_to_string([t]).rstrip()[-1] in ".!?\"'”’»)]}" for t in ends)
+
+
+def test_one_sentence_end_rule_for_segments_and_noise(bpe_tokenizer: Path, unigram_tokenizer: Path) -> None:
+    """Segment cuts (sentence_end_table) and sentence permutation (noising.token_tables) use the same rule."""
+    from memformers.data import ends_sentence
+    from memformers.noising import token_tables
+
+    for text, expected in [("end.", True), ("end.)", True), ('say?"', True), ("wow!] ", True), ("3.5", False),
+                           (")", False), ("a,", False), ("", False)]:
+        assert ends_sentence(text) == expected, text
+    for path in (bpe_tokenizer, unigram_tokenizer):
+        tokenizer = load_tokenizer(path)
+        assert np.array_equal(sentence_end_table(tokenizer), token_tables(tokenizer).sentence_end), path

@@ -7,9 +7,9 @@ import pytest
 import torch
 from data_fixtures import SEGMENT_LENGTH
 
-from memformers.data import load_tokenizer, value_set  # noqa: E402
+from memformers.data import load_tokenizer  # noqa: E402
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset  # noqa: E402
-from memformers.recall import recall_probe  # noqa: E402
+from memformers.recall import recall_probe, value_set  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,67 +1,68 @@
 """memformers.data: long documents → ordered segment streams (webdataset shards) and the stream loader.
 
-Knows nothing of the model. The pieces:
+Knows nothing of the model. Cut by stage:
 
-* `train_tokenizer` (tokenizer_training.py) — a byte-fallback SentencePiece tokenizer saved as a HF
-  tokenizer directory with BART's special ids.
-* `shard_documents` (sharding.py) — documents (sources.py) → token ids → segments (segmenting.py) →
-  webdataset shards (shardio.py) + manifest.json (manifest.py); parallel, deterministic, resumable.
-* `check_shard_dir` (verify.py) — verifies a SHARD_DIR against its manifest; corpus statistics.
-* `SegmentStreamLoader` (loader.py) — batches of one segment per lane, per rank, resumable, its
-  schedule in schedule.py (pure).
-* `load_tokenizer`, `read_manifest` — what the engine and evaluation read a SHARD_DIR with.
-* synthetic.py — a corpus whose facts can only be recalled with memory.
+* `format/` — the SHARD_DIR format both stages share: `manifest.json` and the per-document index
+  (manifest.py), one document's tar sample (samples.py), random access to a split (reader.py).
+* `prep/` — offline preparation, what the `data_prep/` scripts run: documents from files, folders and 🤗 datasets
+  (sources.py) → a tokenizer (tokenizer_training.py) → token ids cut into segments (segmenting.py) → shards
+  (pipeline.py, writer.py) + manifest, resumable (output.py), in one run or in slices (slices.py), through
+  `shard_documents` (sharding.py); `check_shard_dir` verifies a SHARD_DIR (verify.py).
+* `stream/` — online reading for training: the lane schedule (schedule.py, pure) and `SegmentStreamLoader`
+  (loader.py): batches of one segment per lane, per rank, resumable.
+* tokenizer.py — loading and checking tokenizers, their identity, and the sentence-end rule.
 
-The command-line scripts are in `data_prep/`.
+The command-line scripts are in `data_prep/`; the synthetic recall corpus is an evaluation concern
+(`memformers.recall`).
 """
+
 from typing import TYPE_CHECKING, Any
 
 from .errors import BadRecordError, DataError, ManifestError, ShardError, TokenizerError
-from .manifest import INDEX_DTYPE, is_shard_dir, read_manifest
-from .schedule import EpochPlan, assign_lanes, epoch_order, plan_epoch
-from .segmenting import segment_ends
-from .sharding import ShardingSummary, shard_documents, split_of
-from .shardio import Sample, SplitReader
-from .sources import Document, DocumentReader, ReadStats
-from .synthetic import (
-    SyntheticConfig,
-    chance_level,
-    generate_documents,
-    make_document,
-    value_set,
-    write_synthetic_corpus,
-)
+from .format.manifest import INDEX_DTYPE, is_shard_dir, read_manifest
+from .format.reader import SplitReader
+from .format.samples import Sample
+from .prep.segmenting import segment_ends
+from .prep.sharding import shard_documents
+from .prep.slices import IncompleteSlicesError
+from .prep.sources import Document, DocumentReader, ReadStats
+from .prep.pipeline import split_of
+from .prep.summary import ShardingSummary
+from .prep.tokenizer_training import TokenizerSummary, train_tokenizer
+from .prep.verify import DirCheck, ShardCheck, check_shard_dir, split_statistics
+from .stream.schedule import EpochPlan, assign_lanes, epoch_order, plan_epoch
 from .tokenizer import (
     check_tokenizer,
+    ends_sentence,
     load_tokenizer,
     sentence_end_table,
     special_ids,
     tokenizer_identity,
     tokenizer_sha256,
 )
-from .tokenizer_training import TokenizerSummary, train_tokenizer
-from .verify import DirCheck, ShardCheck, check_shard_dir, split_statistics
 
 if TYPE_CHECKING:
-    from .loader import SegmentStreamLoader
+    from .stream.loader import SegmentStreamLoader
 
 
 def __getattr__(name: str) -> Any:
     # The loader needs torch; the data_prep scripts do not, and start faster without it.
     if name == "SegmentStreamLoader":
-        from .loader import SegmentStreamLoader
+        from .stream.loader import SegmentStreamLoader
 
         return SegmentStreamLoader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 __all__ = [
     "BadRecordError",
     "DataError",
+    "DirCheck",
     "Document",
     "DocumentReader",
-    "DirCheck",
     "EpochPlan",
     "INDEX_DTYPE",
+    "IncompleteSlicesError",
     "ManifestError",
     "ReadStats",
     "Sample",
@@ -70,18 +71,15 @@ __all__ = [
     "ShardError",
     "ShardingSummary",
     "SplitReader",
-    "SyntheticConfig",
     "TokenizerError",
     "TokenizerSummary",
     "assign_lanes",
-    "chance_level",
     "check_shard_dir",
     "check_tokenizer",
+    "ends_sentence",
     "epoch_order",
-    "generate_documents",
     "is_shard_dir",
     "load_tokenizer",
-    "make_document",
     "plan_epoch",
     "read_manifest",
     "segment_ends",
@@ -93,6 +91,4 @@ __all__ = [
     "tokenizer_identity",
     "tokenizer_sha256",
     "train_tokenizer",
-    "value_set",
-    "write_synthetic_corpus",
 ]

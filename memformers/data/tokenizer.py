@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import TokenizerError
-from .manifest import TOKENIZER_SUBDIR, is_shard_dir, read_manifest
+from .format.manifest import TOKENIZER_SUBDIR, is_shard_dir, read_manifest
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -27,9 +27,14 @@ if TYPE_CHECKING:
 SPECIAL_ROLES = ("bos", "pad", "eos", "unk", "mask")
 REQUIRED_ROLES = ("bos", "eos", "pad", "mask")
 
-# A token ends a sentence when its text, trailing whitespace removed, ends with . ! or ?,
-# optionally followed by closing quotes.
-_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019\u00bb]*$")
+# The one sentence-end rule of the package (segment cuts here, sentence permutation in the denoiser): text ends a
+# sentence when it ends with . ! or ? followed by optional closing quotes or brackets and whitespace.
+_SENTENCE_END = re.compile(r"[.!?][\"'\u2019\u201d\u00bb)\]}]*\s*\Z")
+
+
+def ends_sentence(text: str) -> bool:
+    """Whether `text` (a token's text) ends a sentence: `.`, `!` or `?`, then closing quotes/brackets, whitespace."""
+    return _SENTENCE_END.search(text) is not None
 
 
 def load_tokenizer(path_or_shard_dir: str | os.PathLike) -> "PreTrainedTokenizerBase":
@@ -121,8 +126,7 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def sentence_end_table(tokenizer: Any) -> np.ndarray:
     """Bool array over the vocabulary: True for tokens whose decoded text ends a sentence.
 
-    A token ends a sentence when its decoded text, trailing whitespace removed, ends with `.`, `!` or
-    `?`, optionally followed by closing quotes. Special tokens never do.
+    A token ends a sentence when its decoded text does (`ends_sentence`). Special tokens never do.
     """
     backend = tokenizer.backend_tokenizer
     size = max(len(tokenizer), backend.get_vocab_size(with_added_tokens=True))
@@ -131,6 +135,5 @@ def sentence_end_table(tokenizer: Any) -> np.ndarray:
     for token_id in range(size):
         if token_id in special:
             continue
-        text = backend.decode([token_id], skip_special_tokens=False).rstrip()
-        table[token_id] = bool(_SENTENCE_END.search(text))
+        table[token_id] = ends_sentence(backend.decode([token_id], skip_special_tokens=False))
     return table

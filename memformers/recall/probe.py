@@ -1,6 +1,6 @@
 """The recall probe: does the model remember a fact stated segments earlier?
 
-On documents of the synthetic recall corpus (`memformers.data.synthetic`), each fact is stated early ("The code of
+On documents of the synthetic recall corpus (`memformers.recall.corpus`), each fact is stated early ("The code of
 K is V.", possibly several times in a row; the gap counts from the last) and recalled much later ("Recall: the code
 of K is V."; with several rounds of recalls, the first is probed). For every fact whose recall lies at least
 `min_gap` segments after its statement, the document is segmented exactly as the sharder does, its segments are
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from memformers.data import segment_ends, sentence_end_table
-from memformers.data.synthetic import QUESTION, STATEMENT
+from .corpus import QUESTION, STATEMENT
 from memformers.training.recurrence import decoder_inputs
 
 

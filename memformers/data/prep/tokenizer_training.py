@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 from .sources import DocumentReader
-from .tokenizer import load_tokenizer, special_ids
+from ..tokenizer import load_tokenizer, special_ids
 
 SPECIAL_PIECES = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
 MASK_PIECE = "<mask>"
@@ -149,6 +149,57 @@ def build_hf_tokenizer(model_proto: bytes) -> Any:
     return tokenizer
 
 
+def _train_sentencepiece(feed: _Feed, model_type: str, vocab_size: int, character_coverage: float,
+                         max_sentences: int, num_threads: int | None) -> bytes:
+    """SentencePiece's model proto trained on `feed`'s lines with BART's special pieces and byte fallback."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(feed),
+        model_writer=model,
+        model_type=model_type,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        character_coverage=character_coverage,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        max_sentence_length=_MAX_SENTENCE_BYTES,
+        input_sentence_size=max_sentences,
+        shuffle_input_sentence=True,
+        bos_id=0,
+        pad_id=1,
+        eos_id=2,
+        unk_id=3,
+        bos_piece=SPECIAL_PIECES["bos"],
+        pad_piece=SPECIAL_PIECES["pad"],
+        eos_piece=SPECIAL_PIECES["eos"],
+        unk_piece=SPECIAL_PIECES["unk"],
+        user_defined_symbols=[MASK_PIECE],
+        num_threads=num_threads or os.cpu_count() or 1,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+def _save_hf_tokenizer(model_proto: bytes, out: Path) -> None:
+    """Save the SentencePiece model as a HF tokenizer directory (`save_pretrained`, generic fast class)."""
+    from transformers import PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=build_hf_tokenizer(model_proto),
+        bos_token=SPECIAL_PIECES["bos"],
+        eos_token=SPECIAL_PIECES["eos"],
+        pad_token=SPECIAL_PIECES["pad"],
+        unk_token=SPECIAL_PIECES["unk"],
+        mask_token=MASK_PIECE,
+    )
+    hf.save_pretrained(str(out))
+    _portable_config(out / "tokenizer_config.json")
+
+
 def train_tokenizer(
     inputs: list[str],
     output_dir: str | os.PathLike,
@@ -172,7 +223,6 @@ def train_tokenizer(
     """
     import sentencepiece as spm
     from tqdm.auto import tqdm
-    from transformers import PreTrainedTokenizerFast
 
     started = time.perf_counter()
     if model_type not in ("unigram", "bpe"):
@@ -190,52 +240,18 @@ def train_tokenizer(
         dataset_split=dataset_split,
         dataset_config=dataset_config,
     )
-    model = io.BytesIO()
     with tqdm(desc="reading", unit=" docs", disable=not progress, mininterval=0.5) as bar:
         feed = _Feed(reader, bar)
         spm.set_random_generator_seed(seed)
         try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(feed),
-                model_writer=model,
-                model_type=model_type,
-                vocab_size=vocab_size,
-                hard_vocab_limit=False,
-                byte_fallback=True,
-                character_coverage=character_coverage,
-                normalization_rule_name="identity",
-                remove_extra_whitespaces=False,
-                split_digits=True,
-                max_sentence_length=_MAX_SENTENCE_BYTES,
-                input_sentence_size=max_sentences,
-                shuffle_input_sentence=True,
-                bos_id=0,
-                pad_id=1,
-                eos_id=2,
-                unk_id=3,
-                bos_piece=SPECIAL_PIECES["bos"],
-                pad_piece=SPECIAL_PIECES["pad"],
-                eos_piece=SPECIAL_PIECES["eos"],
-                unk_piece=SPECIAL_PIECES["unk"],
-                user_defined_symbols=[MASK_PIECE],
-                num_threads=num_threads or os.cpu_count() or 1,
-                minloglevel=2,
-            )
+            model_proto = _train_sentencepiece(feed, model_type, vocab_size, character_coverage, max_sentences,
+                                               num_threads)
         except RuntimeError as exc:
             if feed.lines == 0:
                 raise TokenizerError(f"no text to train on: every document was skipped ({dict(reader.stats.skipped)})") from exc
             raise TokenizerError(f"SentencePiece training failed: {exc}") from exc
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=build_hf_tokenizer(model.getvalue()),
-        bos_token=SPECIAL_PIECES["bos"],
-        eos_token=SPECIAL_PIECES["eos"],
-        pad_token=SPECIAL_PIECES["pad"],
-        unk_token=SPECIAL_PIECES["unk"],
-        mask_token=MASK_PIECE,
-    )
     out = Path(output_dir)
-    hf.save_pretrained(str(out))
-    _portable_config(out / "tokenizer_config.json")
+    _save_hf_tokenizer(model_proto, out)
     loaded = load_tokenizer(out)
     ids = special_ids(loaded)
     expected = {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": 4}

@@ -19,7 +19,7 @@ Either way the slices' documents, concatenated in slice order, are the single-pr
 A slice beginning inside a file reads that file's bytes before its range once, only to count lines (a
 sample names its source as `file:line`); it tokenizes nothing outside its range.
 
-A slice (`shard_slice`) runs the single-process pipeline (sharding.tokenize_into) over its documents into
+A slice (`shard_slice`) runs the single-process pipeline (pipeline.tokenize_into) over its documents into
 its own folder, `SHARD_DIR/.slices/slice-IIIII/`, a small shard directory with shards numbered from 0 in
 the slice, its own `.progress/` and tokenizer copy, and `slice.json`, written last, which marks the slice
 done: its state (settings, inputs, N, I), its parts, the positions each split took (documents, those
@@ -51,35 +51,26 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import DataError
-from .manifest import INDEX_DTYPE
-from .sharding import (
-    _OWNED,
+from memformers.files import write_json_atomic
+
+from ..errors import DataError, ShardError
+from ..format.manifest import INDEX_DTYPE
+from ..format.reader import SplitReader
+from ..format.samples import key_of, parse_sample_key, rekey, sample_key
+from .output import (
+    OWNED,
     PROGRESS_DIR,
     SLICES_DIR,
-    Job,
-    ShardingSummary,
-    _entries,
-    _make_job,
-    _ShardWriter,
-    check_written,
-    copy_tokenizer,
     differences,
-    finish_split,
     finished_state,
-    read_statistics,
+    folder_entries,
     refusal,
     remove_entries,
-    shard_name,
-    split_totals,
-    summary_from_manifest,
-    summary_of,
-    tokenize_into,
-    write_json_atomic,
-    write_manifest,
 )
-from .shardio import TAR_BLOCK, sample_key, tar_header
-from .sources import _MAX_KEPT_MESSAGES, Document, DocumentReader, Source, _open_binary
+from .pipeline import Job, check_written, copy_tokenizer, make_job, read_statistics, tokenize_into, write_manifest
+from .sources import MAX_KEPT_MESSAGES, Document, DocumentReader, Source, open_binary
+from .summary import ShardingSummary
+from .writer import ShardWriter, finish_split
 
 SLICE_INFO = "slice.json"
 _COUNT_CHUNK = 1 << 24
@@ -129,7 +120,7 @@ def _line_splittable(source: Source) -> bool:
     """An uncompressed JSON lines file (the test DocumentReader applies to tell lines from one array)."""
     if source.kind != "json" or source.compression:
         return False
-    with _open_binary(source.location, None) as f:
+    with open_binary(source.location, None) as f:
         return f.peek(1 << 16).lstrip()[:1] != b"["
 
 
@@ -173,19 +164,18 @@ def _byte_ranges(sources: list[Source], weights: list[int], count: int) -> list[
     return slices
 
 
-class SliceReader(DocumentReader):
-    """A DocumentReader over the parts of one slice (set `parts` before iterating): whole inputs as
-    DocumentReader reads them, byte ranges of JSON lines files line by line, with the same records,
-    line numbers, checks and counts as a read of the whole file."""
+class SliceDocuments:
+    """The documents of one slice's parts, read by `reader` (whose `stats` count them): whole inputs as
+    DocumentReader reads them, byte ranges of JSON lines files line by line, with the same records, line
+    numbers, checks and counts as a read of the whole file."""
 
-    parts: list[Part] = []
+    def __init__(self, reader: DocumentReader, parts: list[Part]) -> None:
+        self.reader, self.parts = reader, parts
 
     def __iter__(self) -> Iterator[Document]:
-        readers = {"text": self._read_text, "json": self._read_json, "parquet": self._read_parquet,
-                   "saved_dataset": self._read_dataset, "dataset": self._read_dataset}  # fmt: skip
         for part in self.parts:
             if part.start is None:
-                yield from readers[part.source.kind](part.source)
+                yield from self.reader.read_source(part.source)
             else:
                 yield from self._read_json_range(part)
 
@@ -203,7 +193,7 @@ class SliceReader(DocumentReader):
                 pos += len(line)
                 lineno += 1
                 if not line.isspace():  # blank lines are not records
-                    doc = self._json_line(line, f"{location}:{lineno}")
+                    doc = self.reader.read_json_line(line, f"{location}:{lineno}")
                     if doc is not None:
                         yield doc
 
@@ -251,7 +241,7 @@ def run_sliced(
         raise DataError("with --num-slices, give either --slice-index I (tokenize slice I) or --merge, not both")
     if slice_index is not None and not 0 <= slice_index < num_slices:
         raise DataError(f"--slice-index must be in [0, {num_slices - 1}] for --num-slices {num_slices}, got {slice_index}")
-    job = _make_job(inputs, tokenizer, output, segment_length, options, DocumentReader if merge else SliceReader)
+    job = make_job(inputs, tokenizer, output, segment_length, options)
     if merge:
         return merge_slices(job, num_slices, overwrite, started)
     return shard_slice(job, slice_index, num_slices, overwrite, started)
@@ -262,7 +252,7 @@ def _finished(job: Job, overwrite: bool) -> bool:
 
     DataError when it is not a shard directory, or finished with other settings (unless `overwrite`: the
     merge then replaces it)."""
-    previous = finished_state(job.out, _entries(job.out))
+    previous = finished_state(job.out, folder_entries(job.out))
     if previous is None or (previous != job.state and overwrite):
         return False
     if previous != job.state:
@@ -277,15 +267,15 @@ def shard_slice(job: Job, index: int, count: int, overwrite: bool, started: floa
     """Tokenize slice `index` of `count` into SHARD_DIR/.slices/slice-IIIII/ (resuming); its summary."""
     label = f"slice {index} of {count} (0-based)"
     if _finished(job, overwrite):
-        return summary_from_manifest(job.out, time.perf_counter() - started, job.workers, f"{label}: already merged into")
+        return ShardingSummary.of_finished(job.out, seconds=time.perf_counter() - started, workers=job.workers,
+                                           label=f"{label}: already merged into")
     directory = slice_dir(job.out, index)
     state = slice_state(job.state, index, count)
     info = _prepare_slice(directory, state, overwrite, label)
     if info is not None:
         return _slice_summary(directory, info, label, time.perf_counter() - started, job, already_complete=True)
     parts = plan_slices(job.reader.sources, count)[index]
-    job.reader.parts = parts
-    result = tokenize_into(job, directory, state, job.reader)
+    result = tokenize_into(job, directory, state, SliceDocuments(job.reader, parts))
     info = {
         "state": state,
         "parts": [p.describe() for p in parts],
@@ -296,10 +286,8 @@ def shard_slice(job: Job, index: int, count: int, overwrite: bool, started: floa
     }
     write_json_atomic(directory / SLICE_INFO, info)  # last: marks the slice done
     shutil.rmtree(directory / PROGRESS_DIR)
-    summary = _slice_summary(directory, info, label, time.perf_counter() - started, job)
-    summary.shards_written, summary.shards_reused = len(result.records) - result.reused, result.reused
-    summary.tokens_this_run = result.tokens
-    return summary
+    return _slice_summary(directory, info, label, time.perf_counter() - started, job,
+                          shards_written=len(result.records) - result.reused, tokens_this_run=result.tokens)
 
 
 def _prepare_slice(directory: Path, state: dict[str, Any], overwrite: bool, label: str) -> dict[str, Any] | None:
@@ -324,12 +312,11 @@ def _prepare_slice(directory: Path, state: dict[str, Any], overwrite: bool, labe
     return None
 
 
-def _slice_summary(
-    directory: Path, info: dict, label: str, seconds: float, job: Job, already_complete: bool = False
-) -> ShardingSummary:
-    return summary_of(info, directory, seconds, job.workers, label=label, already_complete=already_complete,
-                      ignored_files=job.reader.stats.ignored_files,
-                      bad_record_examples=info["bad_record_examples"])
+def _slice_summary(directory: Path, info: dict, label: str, seconds: float, job: Job, **counts: Any) -> ShardingSummary:
+    """`counts`: already_complete, or what this run wrote (shards_written, tokens_this_run)."""
+    return ShardingSummary.from_record(info, directory, seconds=seconds, workers=job.workers, label=label,
+                                       ignored_files=job.reader.stats.ignored_files,
+                                       bad_record_examples=info["bad_record_examples"], **counts)
 
 
 # -- the merge -----------------------------------------------------------------------------------------
@@ -349,9 +336,10 @@ def merge_slices(job: Job, count: int, overwrite: bool, started: float) -> Shard
     out = job.out
     if _finished(job, overwrite):
         remove_entries(out, (SLICES_DIR,))  # left by a merge interrupted after its manifest
-        return summary_from_manifest(out, time.perf_counter() - started, 0, "shard directory (merged)")
+        return ShardingSummary.of_finished(out, seconds=time.perf_counter() - started, workers=0,
+                                           label="shard directory (merged)")
     slices = finished_slices(out, job.state, count)
-    remove_entries(out, tuple(name for name in _OWNED if name != SLICES_DIR))
+    remove_entries(out, tuple(name for name in OWNED if name != SLICES_DIR))
     for split in job.splits:
         (out / split).mkdir(parents=True)
     (out / PROGRESS_DIR).mkdir()
@@ -360,24 +348,18 @@ def merge_slices(job: Job, count: int, overwrite: bool, started: float) -> Shard
     for split in job.splits:
         _merge_split(out, split, slices, job.settings["docs_per_shard"], records)
     stats = _sum_statistics([s.info["stats"] for s in slices])
-    examples = [e for s in slices for e in s.info["bad_record_examples"]][:_MAX_KEPT_MESSAGES]
+    examples = [e for s in slices for e in s.info["bad_record_examples"]][:MAX_KEPT_MESSAGES]
     check_written(stats, examples)
     manifest = write_manifest(job, tok, records, stats)
     shutil.rmtree(out / PROGRESS_DIR)
     shutil.rmtree(out / SLICES_DIR)
-    return ShardingSummary(
-        output=str(out),
-        documents_read=stats["documents_read"],
-        documents_written=stats["documents_written"],
-        skipped=stats["skipped"],
-        invalid_utf8=stats["invalid_utf8"],
-        splits=split_totals(manifest["splits"]),
-        shards_written=len(records),
-        shards_reused=0,
-        tokens_this_run=0,
+    return ShardingSummary.from_record(
+        manifest,
+        out,
         seconds=time.perf_counter() - started,
         workers=0,
         label=f"shard directory (merged from {count} slice{'s' if count > 1 else ''})",
+        shards_written=len(records),
         ignored_files=job.reader.stats.ignored_files,
         bad_record_examples=examples,
     )
@@ -448,7 +430,7 @@ class _SplitMerger:
     def __init__(self, out: Path, split: str, docs_per_shard: int, positions: int, records: dict) -> None:
         self.out, self.split, self.docs_per_shard, self.records = out, split, docs_per_shard, records
         self.positions = positions
-        self.writer: _ShardWriter | None = None
+        self.writer: ShardWriter | None = None
         self.next_shard = 0
 
     def add(self, n: int, sample: bytes, tokens: int, segments: int) -> None:
@@ -465,7 +447,7 @@ class _SplitMerger:
 
     def _open_next(self) -> None:
         self._commit()
-        self.writer = _ShardWriter(self.out, self.split, self.next_shard)
+        self.writer = ShardWriter(self.out, self.split, self.next_shard)
         self.next_shard += 1
 
     def _commit(self) -> None:
@@ -480,45 +462,24 @@ class _SplitMerger:
 def _slice_samples(s: _Slice, split: str, docs_per_shard: int) -> Iterator[tuple[int, bytes, int, int]]:
     """(local position, sample bytes, tokens, segments) of each sample of `split` in slice `s`, in order;
     IncompleteSlicesError when a sample does not match the slice's index (a damaged slice)."""
-    rows = np.load(s.directory / split / "index.npy", allow_pickle=False)
-    current, f = -1, None
     try:
-        for row in rows:
-            shard = int(row["shard"])
-            if shard != current:
-                if f is not None:
-                    f.close()
-                current, f = shard, open(s.directory / shard_name(split, shard), "rb", buffering=1 << 20)
-            f.seek(int(row["offset"]))
-            sample = f.read(int(row["length"]))
-            if len(sample) != int(row["length"]) or zlib.crc32(sample) != int(row["crc32"]):
-                raise IncompleteSlicesError(
-                    f"slice {s.index} is damaged: {s.directory / shard_name(split, shard)} at byte {int(row['offset'])} "
-                    f"does not match its index; delete {s.directory}, run slice {s.index} again, then merge again"
-                )
-            local = _local_position(sample, split, docs_per_shard)
-            yield local, sample, int(row["num_tokens"]), int(row["num_segments"])
-    finally:
-        if f is not None:
-            f.close()
+        reader = SplitReader(s.directory, split, s.info)  # slice.json holds the manifest's `splits` entries
+        try:
+            for doc, row in enumerate(reader.index):
+                sample = reader.read_span(doc)
+                yield _local_position(sample, split, docs_per_shard), sample, int(row["num_tokens"]), int(row["num_segments"])
+        finally:
+            reader.close()
+    except ShardError as exc:
+        raise IncompleteSlicesError(
+            f"slice {s.index} is damaged: {exc}; delete {s.directory}, run slice {s.index} again, then merge again"
+        ) from exc
 
 
 def _local_position(sample: bytes, split: str, docs_per_shard: int) -> int:
     """The position in its slice of a sample keyed `{split}-{shard}-{pos}`: shard * K + pos."""
-    key = sample[:100].split(b"\0", 1)[0].decode("utf-8").partition(".")[0]
-    prefix, shard, pos = key.rsplit("-", 2)
+    key = key_of(sample)
+    prefix, shard, pos = parse_sample_key(key)
     if prefix != split:
         raise DataError(f"sample {key} found in split {split!r}")
-    return int(shard) * docs_per_shard + int(pos)
-
-
-def rekey(sample: bytes, key: str) -> bytes:
-    """A sample's tar bytes with every member renamed to `key`.EXT (new headers, the same data)."""
-    view, parts, pos = memoryview(sample), [], 0
-    while pos < len(view):
-        name = bytes(view[pos : pos + 100]).split(b"\0", 1)[0].decode("utf-8")
-        size = int(bytes(view[pos + 124 : pos + 136]).strip(b"\0 ") or b"0", 8)
-        end = pos + TAR_BLOCK + size + (-size % TAR_BLOCK)
-        parts += (tar_header(f"{key}.{name.partition('.')[2]}", size), view[pos + TAR_BLOCK : end])
-        pos = end
-    return b"".join(parts)
+    return shard * docs_per_shard + pos

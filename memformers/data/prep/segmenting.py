@@ -2,7 +2,7 @@
 
 A document of n tokens becomes segments of at most L tokens (the `<s>`/`</s>` added at train time are
 not counted). Each cut is placed after the last sentence-end token (see
-`tokenizer.sentence_end_table`) inside the next window of L tokens; when the window has none, or the
+`memformers.data.tokenizer.sentence_end_table`) inside the next window of L tokens; when the window has none, or the
 rest of the document fits in it, the cut is hard, at L tokens or at the document's end. Every token
 lands in exactly one segment, in order: nothing is dropped.
 """

@@ -12,7 +12,7 @@ A SHARD_DIR made by `data_prep/shard_documents.py` is self-contained::
 `manifest.json` (keys sorted, indent 2)::
 
     {
-      "format": "memformers.segments", "format_version": 1,
+      "format": "memformers.segments", "format_version": 2,
       "segment_length": L,                 # max tokens of a segment, <s>/</s> not included
       "token_dtype": "uint16" | "uint32",
       "tokenizer": {"path": "tokenizer", "name": ..., "class": ..., "vocab_size": V,
@@ -45,11 +45,15 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ManifestError
+from ..errors import ManifestError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "memformers.segments"
-FORMAT_VERSION = 1
+# Version 2 (this code): segments are cut after closing brackets too (`.)`, `?]`: the one sentence-end rule of
+# `data.tokenizer.ends_sentence`, shared with the denoiser). Version 1 shards (cut before such brackets) are read
+# as they are: the files have the same layout, only some cut positions differ.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 TOKENIZER_SUBDIR = "tokenizer"
 
 INDEX_DTYPE = np.dtype(
@@ -84,10 +88,10 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict[str, Any]:
         raise ManifestError(f"cannot read {path}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ManifestError(f"{path} is not a {FORMAT} manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ManifestError(
-            f"{path} has format_version {manifest.get('format_version')}; this code reads "
-            f"version {FORMAT_VERSION}: re-shard the corpus with this version's shard_documents.py"
+            f"{path} has format_version {manifest.get('format_version')}; this code reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: re-shard the corpus with this version's shard_documents.py"
         )
     for key in ("segment_length", "token_dtype", "tokenizer", "splits"):
         if key not in manifest:
@@ -104,10 +108,3 @@ def split_entry(manifest: dict[str, Any], split: str, shard_dir: str | os.PathLi
             + (" (make a val split with --val-fraction)" if split == "val" else "")
         )
     return splits[split]
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write `obj` as sorted, indented JSON to `path` via a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

@@ -40,10 +40,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .errors import DataError
-from .manifest import MANIFEST_NAME, read_manifest, split_entry
+from ..errors import DataError
+from ..format.manifest import MANIFEST_NAME, read_manifest, split_entry
 from .schedule import EpochPlan, plan_epoch
-from .shardio import Sample, SplitReader
+from ..format.reader import SplitReader
+from ..format.samples import Sample
 
 STATE_VERSION = 1
 _END = object()

@@ -1,4 +1,4 @@
-"""Shard I/O: the sample format, writing samples, and random-access reading with integrity checks.
+"""The sample format: one document's tar members, encoded and decoded without `tarfile` (and byte-identical to it).
 
 Shards are plain (uncompressed, USTAR) webdataset tars, one sample per document, its members in this
 order (`KEY` = `{split}-{shard:06d}-{position:06d}`, unique in the SHARD_DIR)::
@@ -10,29 +10,26 @@ order (`KEY` = `{split}-{shard:06d}-{position:06d}`, unique in the SHARD_DIR)::
 
 Every member has mtime 0, mode 0644, uid/gid 0 and no owner names, so the same documents give
 byte-identical shards. `webdataset.WebDataset(url)` (or `tarfile`) reads them as they are; the loader
-reads a document directly from its byte span in `index.npy` (manifest.py) and checks its CRC-32.
+reads a document directly from its byte span in `index.npy` (manifest.py, reader.py) and checks its CRC-32.
+`tar_members` is the one reader of member headers (decoding, re-keying and key lookup all go through it).
 """
 from __future__ import annotations
 
 import ast
 import functools
 import hashlib
-import io
 import json
 import os
 import re
 import struct
 import tarfile
-import zlib
-from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import ManifestError, ShardError
-from .manifest import INDEX_DTYPE, read_manifest, split_entry
+from ..errors import ShardError
 
 TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile.RECORDSIZE: archives are padded to a multiple of it
@@ -118,6 +115,42 @@ def sample_key(split: str, shard: int, position: int) -> str:
     return f"{split}-{shard:06d}-{position:06d}"
 
 
+def parse_sample_key(key: str) -> tuple[str, int, int]:
+    """(split, shard, position) of a key made by `sample_key`; ValueError when it is not one."""
+    split, shard, position = key.rsplit("-", 2)
+    return split, int(shard), int(position)
+
+
+def tar_members(span: bytes | memoryview) -> Iterator[tuple[str, int, int]]:
+    """(name, data offset, data size) of each member of a sample's tar bytes, in order.
+
+    Only the name and size fields of each 512-byte header are read (a sample's bytes are CRC-checked or freshly
+    written, so the rest of the header is known). UnicodeDecodeError / ValueError on a malformed header.
+    """
+    view = memoryview(span)
+    pos = 0
+    while pos < len(view):
+        name = bytes(view[pos : pos + 100]).split(b"\0", 1)[0].decode("utf-8")
+        size = int(bytes(view[pos + 124 : pos + 136]).strip(b"\0 ") or b"0", 8)
+        start = pos + TAR_BLOCK
+        yield name, start, size
+        pos = start + size + (-size % TAR_BLOCK)
+
+
+def key_of(span: bytes | memoryview) -> str:
+    """The key of a sample (its first member's name up to the first dot)."""
+    name, _, _ = next(tar_members(span))
+    return name.partition(".")[0]
+
+
+def rekey(span: bytes | memoryview, key: str) -> bytes:
+    """A sample's tar bytes with every member renamed to `key`.EXT (new headers, the same data and padding)."""
+    view, parts = memoryview(span), []
+    for name, start, size in tar_members(view):
+        parts += (tar_header(f"{key}.{name.partition('.')[2]}", size), view[start : start + size + (-size % TAR_BLOCK)])
+    return b"".join(parts)
+
+
 def encode_sample(key: str, ids: np.ndarray, ends: np.ndarray, meta: dict[str, Any]) -> bytes:
     """The tar bytes (headers and data) of one document's sample; independent of where it is written."""
     ends = ends.astype("<u4", copy=False)
@@ -154,12 +187,9 @@ def decode_sample(span: bytes, where: str) -> Sample:
     """Parse one sample's tar span (as in index.npy); ShardError naming `where` when it is malformed."""
     members: dict[str, memoryview] = {}
     view = memoryview(span)
-    pos, key = 0, None
+    key = None
     try:
-        while pos < len(view):  # the span's CRC is checked: only the name and size fields are read
-            name = bytes(view[pos : pos + 100]).split(b"\0", 1)[0].decode("utf-8")
-            size = int(bytes(view[pos + 124 : pos + 136]).strip(b"\0 ") or b"0", 8)
-            start = pos + TAR_BLOCK
+        for name, start, size in tar_members(view):  # the span's CRC is checked: only names and sizes are read
             if start + size > len(view):
                 raise ValueError(f"member {name} runs past the sample's span")
             member_key, _, ext = name.partition(".")
@@ -168,7 +198,6 @@ def decode_sample(span: bytes, where: str) -> Sample:
             if member_key != key or ext not in MEMBER_EXTS:
                 raise ValueError(f"unexpected member {name} in sample {key}")
             members[ext] = view[start : start + size]
-            pos = start + size + (-size % TAR_BLOCK)
         if set(members) != set(MEMBER_EXTS):
             raise ValueError(f"sample {key} lacks members {sorted(set(MEMBER_EXTS) - set(members))}")
         ids, ends = parse_npy(members["ids.npy"]), parse_npy(members["seg.npy"])
@@ -186,103 +215,3 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-class SplitReader:
-    """Random access to the documents of one split of a SHARD_DIR.
-
-    On construction it checks the split's index against the manifest (sha256) and every shard's size
-    against the manifest (catching truncated or replaced shards without reading them); `read()` checks
-    each document's CRC-32. Problems raise ShardError naming the shard(s). Not thread-safe: use one
-    reader per thread.
-    """
-
-    def __init__(
-        self,
-        shard_dir: str | os.PathLike,
-        split: str,
-        manifest: dict[str, Any] | None = None,
-        *,
-        max_open_files: int = 16,
-    ) -> None:
-        self.shard_dir = Path(shard_dir)
-        self.split = split
-        self.manifest = manifest if manifest is not None else read_manifest(shard_dir)
-        entry = split_entry(self.manifest, split, shard_dir)
-        self.shards: list[str] = [s["path"] for s in entry["shards"]]
-        self.index = self._load_index(entry)
-        bad = []
-        for shard in entry["shards"]:
-            path = self.shard_dir / shard["path"]
-            if not path.is_file():
-                bad.append((shard["path"], "missing"))
-            elif path.stat().st_size != shard["bytes"]:
-                bad.append((shard["path"], f"{path.stat().st_size} bytes, manifest says {shard['bytes']}: truncated or replaced"))
-        if bad:
-            raise ShardError(
-                "bad shards in "
-                + f"{self.shard_dir}: "
-                + "; ".join(f"{p} ({why})" for p, why in bad)
-                + ". Check them with data_prep/inspect_shards.py; restore them or re-run shard_documents.py",
-                [p for p, _ in bad],
-            )
-        self._files: OrderedDict[int, IO[bytes]] = OrderedDict()
-        self._max_open_files = max_open_files
-
-    def _load_index(self, entry: dict[str, Any]) -> np.ndarray:
-        info = entry["index"]
-        path = self.shard_dir / info["path"]
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ManifestError(f"cannot read the index {path}: {exc}; re-run shard_documents.py") from exc
-        if hashlib.sha256(data).hexdigest() != info["sha256"]:
-            raise ManifestError(f"{path} does not match manifest.json (sha256): restore it or re-shard the corpus")
-        try:
-            index = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as exc:
-            raise ManifestError(f"{path} is not a readable index: {exc}") from exc
-        if index.dtype != INDEX_DTYPE or index.size != entry["documents"]:
-            raise ManifestError(f"{path} is not an index of {entry['documents']} documents")
-        return index
-
-    def __len__(self) -> int:
-        return int(self.index.size)
-
-    @property
-    def segment_counts(self) -> np.ndarray:
-        """Number of segments of each document, in index order."""
-        return self.index["num_segments"]
-
-    def _file(self, shard: int) -> IO[bytes]:
-        f = self._files.pop(shard, None)
-        if f is None:
-            if len(self._files) >= self._max_open_files:
-                self._files.popitem(last=False)[1].close()
-            f = open(self.shard_dir / self.shards[shard], "rb")
-        self._files[shard] = f
-        return f
-
-    def read(self, doc: int) -> Sample:
-        """Read document `doc` (index order); ShardError naming the shard when it is damaged."""
-        row = self.index[doc]
-        shard = int(row["shard"])
-        where = self.shards[shard]
-        f = self._file(shard)
-        f.seek(int(row["offset"]))
-        span = f.read(int(row["length"]))
-        if len(span) != int(row["length"]) or zlib.crc32(span) != int(row["crc32"]):
-            raise ShardError(
-                f"{where}: document {doc} of split {self.split!r} does not match its checksum: the shard "
-                "is altered or truncated. Check it with data_prep/inspect_shards.py; restore it or re-shard",
-                [where],
-            )
-        sample = decode_sample(span, where)
-        if sample.ids.size != int(row["num_tokens"]) or sample.ends.size != int(row["num_segments"]):
-            raise ShardError(f"{where}: sample {sample.key} disagrees with index.npy", [where])
-        return sample
-
-    def close(self) -> None:
-        """Close the open shard files."""
-        while self._files:
-            self._files.popitem()[1].close()

@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .errors import BadRecordError, DataError
+from ..errors import BadRecordError, DataError
 
 FILE_KINDS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 COMPRESSIONS = (".gz", ".zst", ".bz2", ".xz")
-_MAX_KEPT_MESSAGES = 5
+MAX_KEPT_MESSAGES = 5
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def _dir_sources(root: Path, ignored: list[str]) -> list[Source]:
     return found
 
 
-def _open_binary(path: str, compression: str | None) -> IO[bytes]:
+def open_binary(path: str, compression: str | None) -> IO[bytes]:
     """A buffered binary reader (with `peek`) over a possibly compressed file."""
     if compression == ".gz":
         return gzip.open(path, "rb")
@@ -231,6 +231,11 @@ class DocumentReader:
         return [s.fingerprint(self.dataset_split, self.dataset_config) for s in self.sources]
 
     def __iter__(self) -> Iterator[Document]:
+        for source in self.sources:
+            yield from self.read_source(source)
+
+    def read_source(self, source: Source) -> Iterator[Document]:
+        """The documents of one input (counted in `stats` like the rest)."""
         readers = {
             "text": self._read_text,
             "json": self._read_json,
@@ -238,8 +243,7 @@ class DocumentReader:
             "saved_dataset": self._read_dataset,
             "dataset": self._read_dataset,
         }
-        for source in self.sources:
-            yield from readers[source.kind](source)
+        return readers[source.kind](source)
 
     # -- records -----------------------------------------------------------------------------------
 
@@ -248,7 +252,7 @@ class DocumentReader:
         if not self.skip_bad_records:
             raise BadRecordError(f"{where}: {message} (pass --skip-bad-records to skip and count such records)")
         self.stats.skipped["bad_record"] += 1
-        if len(self.stats.bad_record_examples) < _MAX_KEPT_MESSAGES:
+        if len(self.stats.bad_record_examples) < MAX_KEPT_MESSAGES:
             self.stats.bad_record_examples.append(f"{where}: {message}")
 
     def _from_record(self, record: Any, where: str, invalid: bool = False) -> Document | None:
@@ -299,7 +303,7 @@ class DocumentReader:
     # -- readers -----------------------------------------------------------------------------------
 
     def _read_text(self, source: Source) -> Iterator[Document]:
-        with _open_binary(source.location, source.compression) as f:
+        with open_binary(source.location, source.compression) as f:
             data = f.read()
         invalid = False
         try:
@@ -313,19 +317,19 @@ class DocumentReader:
             yield doc
 
     def _read_json(self, source: Source) -> Iterator[Document]:
-        with _open_binary(source.location, source.compression) as f:
+        with open_binary(source.location, source.compression) as f:
             if f.peek(1 << 16).lstrip()[:1] == b"[":  # one JSON array rather than JSON lines
                 yield from self._read_json_array(source, f.read())
                 return
             for lineno, line in enumerate(f, 1):
                 if not line or line.isspace():
                     continue  # blank lines are not records
-                doc = self._json_line(line, f"{source.location}:{lineno}")
+                doc = self.read_json_line(line, f"{source.location}:{lineno}")
                 if doc is not None:
                     yield doc
 
-    def _json_line(self, line: bytes, where: str) -> Document | None:
-        """One JSON lines record (also read by merge.SliceReader for byte ranges of a file)."""
+    def read_json_line(self, line: bytes, where: str) -> Document | None:
+        """One JSON lines record, `where` naming it (file:line); None when it is skipped (and counted)."""
         invalid = False
         try:
             try:

@@ -2,7 +2,7 @@
 
 Each shard is checked for: presence, size and sha256 as in the manifest; a readable tar (read with the
 standard `tarfile` module, independently of the loader's reader) whose samples each have the three
-members of the sample format (shardio.py) with decodable arrays, segment ends that partition the ids
+members of the sample format (format/samples.py) with decodable arrays, segment ends that partition the ids
 into segments of 1..segment_length tokens, and ids inside the vocabulary; document, segment and token
 counts as in the manifest; and agreement with the split's index.npy (byte spans, counts, CRC-32). One
 shard at a time is read into memory; segment lengths are kept as histograms.
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError
-from .manifest import INDEX_DTYPE, read_manifest
-from .shardio import MEMBER_EXTS, TAR_BLOCK, parse_npy
+from ..errors import DataError
+from ..format.manifest import INDEX_DTYPE, read_manifest
+from ..format.samples import MEMBER_EXTS, TAR_BLOCK, parse_npy
 
 
 @dataclass

@@ -1,0 +1,6 @@
+"""The SHARD_DIR format shared by data preparation (which writes it) and the stream (which reads it).
+
+* manifest.py — the directory layout, `manifest.json`, the per-document index dtype.
+* samples.py  — one document's sample: tar members encoded / decoded, keys, the archive trailer.
+* reader.py   — `SplitReader`: random access to a split's documents, CRC-checked.
+"""
