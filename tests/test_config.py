@@ -82,7 +82,7 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor(tmp_path):
     for schedule in ("linear", "cosine"):
         cfg = load_config(write(tmp_path, BASE), ["train.warmup_steps=10", "train.max_steps=110",
                                                   "train.min_lr_ratio=0.1", f"train.lr_schedule={schedule}"])
-        f = lr_lambda(cfg)
+        f = lr_lambda(cfg.train)
         assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
         assert f(10) == pytest.approx(1.0) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
         assert f(60) == pytest.approx(0.55)  # halfway: linear and cosine agree at the midpoint

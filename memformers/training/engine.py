@@ -56,10 +56,7 @@ def build_model(cfg: PretrainConfig, *, tokenizer_size: int, special_ids: dict[s
 
 
 def lr_lambda(train: TrainSection):
-    """Multiplier of train.lr at an optimizer step: linear warmup, then linear or cosine decay to min_lr_ratio.
-    (A whole PretrainConfig is read for its train section.)"""
-    if isinstance(train, PretrainConfig):
-        train = train.train
+    """Multiplier of train.lr at an optimizer step: linear warmup, then linear or cosine decay to min_lr_ratio."""
     warmup, total, floor, schedule = train.warmup_steps, train.max_steps, train.min_lr_ratio, train.lr_schedule
 
     def factor(step: int) -> float:
