@@ -13,6 +13,7 @@
 
 The corpus is the synthetic one (memformers.recall.corpus) with a 2,000-piece BPE tokenizer.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ def _corpus(root: Path, num_docs: int) -> tuple[Path, Path, list[str]]:
     return path, tokenizer, [d["text"] for d in docs]
 
 
-def bench_sharding(root: Path, corpus: Path, tokenizer_dir: Path, texts: list[str], repeats: int) -> tuple[list[Result], Path]:
+def bench_sharding(
+    root: Path, corpus: Path, tokenizer_dir: Path, texts: list[str], repeats: int
+) -> tuple[list[Result], Path]:
     from tokenizers import Tokenizer
 
     backend = Tokenizer.from_str(load_tokenizer(tokenizer_dir).backend_tokenizer.to_str())
@@ -84,7 +87,9 @@ def bench_sharding(root: Path, corpus: Path, tokenizer_dir: Path, texts: list[st
             runs[name].append((tokens[name] / seconds, main_cpu / tokens[name], worker_cpu / tokens[name]))
     assert tokens["baseline"] == tokens["w1"] == tokens["w2"], tokens
     rate = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
-    cpu = {name: (statistics.median(r[1] for r in rs), statistics.median(r[2] for r in rs)) for name, rs in runs.items()}
+    cpu = {
+        name: (statistics.median(r[1] for r in rs), statistics.median(r[2] for r in rs)) for name, rs in runs.items()
+    }
     detail = {
         "tokens": tokens["baseline"],
         "documents": len(texts),

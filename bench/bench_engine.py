@@ -36,8 +36,18 @@ from bench.common import Result, interleaved
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset
 from memformers.training.recurrence import loss_weights, run_rollout
 
-MODEL = dict(d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4,
-             encoder_ffn_dim=1024, decoder_ffn_dim=1024, memory_len=16, dropout=0.0, max_position_embeddings=160)
+MODEL = dict(
+    d_model=256,
+    encoder_layers=3,
+    decoder_layers=3,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=1024,
+    decoder_ffn_dim=1024,
+    memory_len=16,
+    dropout=0.0,
+    max_position_embeddings=160,
+)
 
 
 class PeakLiveBytes(TorchDispatchMode):
@@ -77,8 +87,14 @@ def make_corpus(root: Path, docs: int, segment_length: int) -> Path:
     corpus = root / "corpus.jsonl"
     write_synthetic_corpus(corpus, docs)
     train_tokenizer([str(corpus)], root / "tokenizer", 1000, progress=False)
-    shard_documents([str(corpus)], tokenizer=str(root / "tokenizer"), output=str(root / "shards"),
-                    segment_length=segment_length, val_fraction=0.0, progress=False)
+    shard_documents(
+        [str(corpus)],
+        tokenizer=str(root / "tokenizer"),
+        output=str(root / "shards"),
+        segment_length=segment_length,
+        val_fraction=0.0,
+        progress=False,
+    )
     return root / "shards"
 
 
@@ -88,8 +104,14 @@ def synthetic_segments(count: int, lanes: int, length: int, vocab: int, seed: in
     for t in range(count):
         ids = torch.randint(5, vocab, (lanes, length), generator=g)
         ids[:, 0], ids[:, -1] = 0, 2
-        out.append({"source_ids": ids, "source_mask": torch.ones_like(ids, dtype=torch.bool), "labels": ids,
-                    "resets": torch.full((lanes,), t == 0)})
+        out.append(
+            {
+                "source_ids": ids,
+                "source_mask": torch.ones_like(ids, dtype=torch.bool),
+                "labels": ids,
+                "resets": torch.full((lanes,), t == 0),
+            }
+        )
     return out
 
 
@@ -113,16 +135,39 @@ def step_efficiency(quick: bool) -> Result:
         bare_model = MemBartForConditionalGeneration(config).train()
         engine_model = MemBartForConditionalGeneration(config).train()
         engine_model.load_state_dict(bare_model.state_dict())
-        ds = {"train_micro_batch_size_per_gpu": lanes, "gradient_accumulation_steps": rollouts,
-              "gradient_clipping": 1.0, "zero_optimization": {"stage": 2}, "steps_per_print": 10**9,
-              "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}}}
+        ds = {
+            "train_micro_batch_size_per_gpu": lanes,
+            "gradient_accumulation_steps": rollouts,
+            "gradient_clipping": 1.0,
+            "zero_optimization": {"stage": 2},
+            "steps_per_print": 10**9,
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
+        }
         engine, *_ = deepspeed.initialize(model=engine_model, model_parameters=engine_model.parameters(), config=ds)
-        denoiser = BartDenoiser(DenoisingConfig(), token_tables(tokenizer), mask_id=tokenizer.mask_token_id,
-                                bos_id=0, eos_id=2, pad_id=1, vocab_size=len(tokenizer), seed=0)
+        denoiser = BartDenoiser(
+            DenoisingConfig(),
+            token_tables(tokenizer),
+            mask_id=tokenizer.mask_token_id,
+            bos_id=0,
+            eos_id=2,
+            pad_id=1,
+            vocab_size=len(tokenizer),
+            seed=0,
+        )
 
         def loader(prefetch: int) -> SegmentStreamLoader:
-            return SegmentStreamLoader(shards, "train", rank=0, world_size=1, lanes=lanes, segment_length=length,
-                                       seed=0, epochs=None, transform=denoiser.collate, prefetch=prefetch)
+            return SegmentStreamLoader(
+                shards,
+                "train",
+                rank=0,
+                world_size=1,
+                lanes=lanes,
+                segment_length=length,
+                seed=0,
+                epochs=None,
+                transform=denoiser.collate,
+                prefetch=prefetch,
+            )
 
         # The bare loop gets, prepared beforehand, exactly the batches the full step will draw from its loader
         # (same seed, same order): the same shapes, padding included, call for call.
@@ -133,13 +178,23 @@ def step_efficiency(quick: bool) -> Result:
         batches = iter(loader(8))
         weights = loss_weights(horizon, "uniform")
         optimizer = torch.optim.AdamW(bare_model.parameters(), lr=1e-4)
-        state = {"engine_memory": engine.module.construct_memory(lanes), "bare_memory": bare_model.construct_memory(lanes),
-                 "bare": 0}
+        state = {
+            "engine_memory": engine.module.construct_memory(lanes),
+            "bare_memory": bare_model.construct_memory(lanes),
+            "bare": 0,
+        }
 
         def full_step():
             for _ in range(rollouts):
-                result = run_rollout(engine, [next(batches) for _ in range(horizon)], state["engine_memory"], weights,
-                                     replay=False, pad_id=1, decoder_start_id=2)
+                result = run_rollout(
+                    engine,
+                    [next(batches) for _ in range(horizon)],
+                    state["engine_memory"],
+                    weights,
+                    replay=False,
+                    pad_id=1,
+                    decoder_start_id=2,
+                )
                 engine.backward(result.loss)
                 engine.step()
                 state["engine_memory"] = result.memory
@@ -150,9 +205,14 @@ def step_efficiency(quick: bool) -> Result:
             for r in range(rollouts):
                 memory = state["bare_memory"]
                 loss = 0.0
-                for batch in segments[r * horizon:(r + 1) * horizon]:
-                    out = bare_model(input_ids=batch["source_ids"], attention_mask=batch["source_mask"],
-                                     memory_states=memory, memory_resets=batch["resets"], labels=batch["labels"])
+                for batch in segments[r * horizon : (r + 1) * horizon]:
+                    out = bare_model(
+                        input_ids=batch["source_ids"],
+                        attention_mask=batch["source_mask"],
+                        memory_states=memory,
+                        memory_resets=batch["resets"],
+                        labels=batch["labels"],
+                    )
                     loss, memory = loss + out.loss / horizon / rollouts, out.memory_states
                 loss.backward()
                 state["bare_memory"] = memory.detach()
@@ -166,20 +226,36 @@ def step_efficiency(quick: bool) -> Result:
     tokens_per_step = statistics.mean(sum(int((b["labels"] != -100).sum()) for b in step) for step in prepared)
     ratio = times["bare"] / times["full"]
     return Result(
-        name="full training step tokens/s ÷ bare fwd+bwd+AdamW tokens/s", value=round(ratio, 3), unit="ratio",
-        target=">= 0.92", passed=ratio >= 0.92,
-        detail={"lanes": lanes, "time_horizon": horizon, "rollouts_per_step": rollouts, "segment_length": length,
-                "model": MODEL, "full_tokens_per_s": round(tokens_per_step / times["full"]),
-                "bare_tokens_per_s": round(tokens_per_step / times["bare"]),
-                "engine": "DeepSpeed ZeRO-2, 1 process, fp32; loader + noiser in the background thread"},
+        name="full training step tokens/s ÷ bare fwd+bwd+AdamW tokens/s",
+        value=round(ratio, 3),
+        unit="ratio",
+        target=">= 0.92",
+        passed=ratio >= 0.92,
+        detail={
+            "lanes": lanes,
+            "time_horizon": horizon,
+            "rollouts_per_step": rollouts,
+            "segment_length": length,
+            "model": MODEL,
+            "full_tokens_per_s": round(tokens_per_step / times["full"]),
+            "bare_tokens_per_s": round(tokens_per_step / times["bare"]),
+            "engine": "DeepSpeed ZeRO-2, 1 process, fp32; loader + noiser in the background thread",
+        },
         command="python bench/bench_engine.py",
     )
 
 
 def rollout(model, segments: list[dict], replay: bool):
     """One rollout over `segments` from a fresh memory."""
-    return run_rollout(model, segments, model.construct_memory(segments[0]["source_ids"].shape[0]),
-                       loss_weights(len(segments), "uniform"), replay=replay, pad_id=1, decoder_start_id=2)
+    return run_rollout(
+        model,
+        segments,
+        model.construct_memory(segments[0]["source_ids"].shape[0]),
+        loss_weights(len(segments), "uniform"),
+        replay=replay,
+        pad_id=1,
+        decoder_start_id=2,
+    )
 
 
 def rollout_backward(model, segments: list[dict], replay: bool) -> None:
@@ -209,39 +285,69 @@ def replay_memory(quick: bool) -> list[Result]:
     for p in model.parameters():  # allocate .grad once, outside the measurement
         p.grad = torch.zeros_like(p)
     horizons = [1, 2, 4, horizon]
-    peaks = {(mode, t): rollout_peak(model, t, mode == "replay", lanes, length)
-             for mode in ("replay", "bptt") for t in horizons}
+    peaks = {
+        (mode, t): rollout_peak(model, t, mode == "replay", lanes, length)
+        for mode in ("replay", "bptt")
+        for t in horizons
+    }
     segments = synthetic_segments(horizon, lanes, length, model.config.vocab_size)
 
     def forward_only() -> None:
         with torch.no_grad():
             rollout(model, segments, replay=False)
 
-    times = interleaved({"replay": lambda: rollout_backward(model, segments, True),
-                         "bptt": lambda: rollout_backward(model, segments, False),
-                         "forward": forward_only}, repeats=2 if quick else 5)
+    times = interleaved(
+        {
+            "replay": lambda: rollout_backward(model, segments, True),
+            "bptt": lambda: rollout_backward(model, segments, False),
+            "forward": forward_only,
+        },
+        repeats=2 if quick else 5,
+    )
     growth = peaks["replay", horizon] / peaks["replay", 1]
     slowdown = times["replay"] / times["bptt"]
     mib = lambda b: round(b / 2**20, 1)  # noqa: E731
     detail = {f"{mode}_T{t}_peak_MiB": mib(peaks[mode, t]) for mode in ("replay", "bptt") for t in horizons}
-    detail.update(lanes=lanes, segment_length=length, model=dims,
-                  weights_MiB=mib(sum(p.numel() * p.element_size() for p in model.parameters())))
+    detail.update(
+        lanes=lanes,
+        segment_length=length,
+        model=dims,
+        weights_MiB=mib(sum(p.numel() * p.element_size() for p in model.parameters())),
+    )
     return [
-        Result(name=f"peak activation memory, memory replay, T={horizon} ÷ T=1", value=round(growth, 3), unit="ratio",
-               target="<= 1.25", passed=growth <= 1.25,
-               detail={**detail, f"bptt_T{horizon}_over_T1": round(peaks["bptt", horizon] / peaks["bptt", 1], 2),
-                       f"replay_T{horizon}_over_T2": round(peaks["replay", horizon] / peaks["replay", 2], 3),
-                       f"replay_T{horizon}_minus_T4_MiB": mib(peaks["replay", horizon] - peaks["replay", 4])},
-               command="python bench/bench_engine.py"),
-        Result(name=f"step time, memory replay ÷ plain BPTT, T={horizon}", value=round(slowdown, 3), unit="ratio",
-               target="<= 1.35", passed=slowdown <= 1.35,
-               detail={"replay_s": round(times["replay"], 3), "bptt_s": round(times["bptt"], 3),
-                       # replay's floor: BPTT plus one more forward of every segment but the last
-                       "forward_s": round(times["forward"], 3),
-                       "floor_1_plus_forward_over_bptt": round(
-                           1 + times["forward"] * (horizon - 1) / horizon / times["bptt"], 3),
-                       "lanes": lanes, "segment_length": length},
-               command="python bench/bench_engine.py"),
+        Result(
+            name=f"peak activation memory, memory replay, T={horizon} ÷ T=1",
+            value=round(growth, 3),
+            unit="ratio",
+            target="<= 1.25",
+            passed=growth <= 1.25,
+            detail={
+                **detail,
+                f"bptt_T{horizon}_over_T1": round(peaks["bptt", horizon] / peaks["bptt", 1], 2),
+                f"replay_T{horizon}_over_T2": round(peaks["replay", horizon] / peaks["replay", 2], 3),
+                f"replay_T{horizon}_minus_T4_MiB": mib(peaks["replay", horizon] - peaks["replay", 4]),
+            },
+            command="python bench/bench_engine.py",
+        ),
+        Result(
+            name=f"step time, memory replay ÷ plain BPTT, T={horizon}",
+            value=round(slowdown, 3),
+            unit="ratio",
+            target="<= 1.35",
+            passed=slowdown <= 1.35,
+            detail={
+                "replay_s": round(times["replay"], 3),
+                "bptt_s": round(times["bptt"], 3),
+                # replay's floor: BPTT plus one more forward of every segment but the last
+                "forward_s": round(times["forward"], 3),
+                "floor_1_plus_forward_over_bptt": round(
+                    1 + times["forward"] * (horizon - 1) / horizon / times["bptt"], 3
+                ),
+                "lanes": lanes,
+                "segment_length": length,
+            },
+            command="python bench/bench_engine.py",
+        ),
     ]
 
 

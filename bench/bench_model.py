@@ -10,8 +10,8 @@ target ratio ≤ 1.10.
 from __future__ import annotations
 
 import argparse
-import sys
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -37,20 +37,29 @@ def run(quick: bool = False) -> list[Result]:
         def fn():
             model.zero_grad(set_to_none=True)
             model(input_ids=ids, labels=ids, **extra).loss.backward()
+
         return fn
 
-    times = interleaved({"membart": step(membart, memory_states=memory), "bart": step(bart)},
-                        repeats=2 if quick else 4)
+    times = interleaved({"membart": step(membart, memory_states=memory), "bart": step(bart)}, repeats=2 if quick else 4)
     ratio = times["membart"] / times["bart"]
     tokens = batch * seq
-    return [Result(
-        name="MemBART / BART fwd+bwd time per token (membart-base dims)",
-        value=round(ratio, 3), unit="ratio", target="<= 1.10", passed=ratio <= 1.10,
-        detail={"batch": batch, "seq": seq, "memory_len": config.memory_len,
+    return [
+        Result(
+            name="MemBART / BART fwd+bwd time per token (membart-base dims)",
+            value=round(ratio, 3),
+            unit="ratio",
+            target="<= 1.10",
+            passed=ratio <= 1.10,
+            detail={
+                "batch": batch,
+                "seq": seq,
+                "memory_len": config.memory_len,
                 "membart_tokens_per_s": round(tokens / times["membart"], 1),
-                "bart_tokens_per_s": round(tokens / times["bart"], 1)},
-        command="python bench/bench_model.py" + (" --quick" if quick else ""),
-    )]
+                "bart_tokens_per_s": round(tokens / times["bart"], 1),
+            },
+            command="python bench/bench_model.py" + (" --quick" if quick else ""),
+        )
+    ]
 
 
 if __name__ == "__main__":

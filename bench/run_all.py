@@ -29,8 +29,13 @@ MODULES = {
 
 def run_module(module: str, quick: bool) -> list[dict]:
     cmd = [sys.executable, "-m", module, *(["--quick"] if quick else [])]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                          env={**__import__("os").environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)},
+    )
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}")
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -53,8 +58,10 @@ def render(sections: dict[str, list[dict]], quick: bool) -> str:
     for results in sections.values():
         for r in results:
             met = {True: "yes", False: "**no**", None: ""}[r["passed"]]
-            lines.append(f"| {r['name']} | {r['value']} {'' if r['unit'] == 'ratio' else r['unit']} | "
-                         f"{r['target']} | {met} | `{r['command']}` |")
+            lines.append(
+                f"| {r['name']} | {r['value']} {'' if r['unit'] == 'ratio' else r['unit']} | "
+                f"{r['target']} | {met} | `{r['command']}` |"
+            )
     lines.append("")
     for key, results in sections.items():
         lines += [f"## {MODULES[key][1]}", ""]

@@ -1,9 +1,10 @@
 """Shared plumbing of the data_prep scripts: import path and error reporting."""
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,6 +7,7 @@ Every shard is checked (presence, size, sha256, tar structure, decodable samples
 token ids, counts, index.npy). Exit status: 0 when all is well, 1 naming each bad shard, 2 when the
 directory itself cannot be read (no or a broken manifest.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,7 +20,13 @@ from _cli import run
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shard_dir", metavar="SHARD_DIR", help="a directory made by shard_documents.py")
-    p.add_argument("--segments", type=int, default=3, metavar="N", help="segments of the sample document to decode (default 3; 0: none)")
+    p.add_argument(
+        "--segments",
+        type=int,
+        default=3,
+        metavar="N",
+        help="segments of the sample document to decode (default 3; 0: none)",
+    )
     p.add_argument("--json", action="store_true", help="print the statistics as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -41,11 +48,19 @@ def main(argv: list[str] | None = None) -> int:
         manifest = result.manifest
         stats = {split: split_statistics(checks) for split, checks in result.shards.items()}
         if args.json:
-            print(json.dumps({"ok": result.ok, "splits": stats, "bad_shards": {c.path: c.problems for c in result.bad_shards}}, indent=2))
+            print(
+                json.dumps(
+                    {"ok": result.ok, "splits": stats, "bad_shards": {c.path: c.problems for c in result.bad_shards}},
+                    indent=2,
+                )
+            )
         else:
             tok = manifest["tokenizer"]
             print(f"shard directory: {args.shard_dir}")
-            print(f"  tokenizer {tok['name']} ({tok['class']}, vocab {tok['vocab_size']:,}, special ids {tok['special_ids']})")
+            print(
+                f"  tokenizer {tok['name']} ({tok['class']}, vocab {tok['vocab_size']:,}, "
+                f"special ids {tok['special_ids']})"
+            )
             print(f"  segment length {manifest['segment_length']} tokens (+ <s> and </s> at train time)")
             read = manifest["stats"]
             print(
@@ -53,11 +68,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"skipped {read['skipped']}, {read['invalid_utf8']:,} with invalid UTF-8 replaced"
             )
             for split, s in stats.items():
-                print(f"  {split}: {s['documents']:,} documents, {s['segments']:,} segments, {s['tokens']:,} tokens in {s['shards']} shards")
+                print(
+                    f"  {split}: {s['documents']:,} documents, {s['segments']:,} segments, {s['tokens']:,} tokens "
+                    f"in {s['shards']} shards"
+                )
                 print(f"    segment length (tokens)     {_fmt(s['segment_length'])}")
                 print(f"    document length (tokens)    {_fmt(s['document_tokens'])}")
                 print(f"    document length (segments)  {_fmt(s['document_segments'])}")
-            sample = next((c.first_sample for checks in result.shards.values() for c in checks if c.ok and c.first_sample), None)
+            sample = next(
+                (c.first_sample for checks in result.shards.values() for c in checks if c.ok and c.first_sample), None
+            )
             if sample is not None and args.segments > 0:
                 tokenizer = load_tokenizer(args.shard_dir)
                 key, ids, ends, meta = sample

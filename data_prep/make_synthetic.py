@@ -12,6 +12,7 @@ data that lets a memory learn to pick facts up; probe with a corpus of --max-rep
 growing distances from the statement, so the memory learns to write a fact and to keep it. See
 memformers/recall/corpus.py for the format and the segment-distance guarantee.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed (the corpus is a pure function of the arguments)")
     p.add_argument("--num-values", type=int, default=16, help="size of the closed value set (2..32; default 16)")
     p.add_argument("--facts-per-doc", type=int, default=4, help="facts per document (default 4)")
-    p.add_argument("--gap-words", type=int, default=128, help="min filler words between the last statement and the first recall (default 128: >= 2 segments of 64 tokens)")
-    p.add_argument("--max-repeats", type=int, default=1, help="state each fact 1..R times in a row, R drawn per fact (default 1)")
-    p.add_argument("--repeat-filler-words", type=int, default=8, help="at most this many filler words between repeated statements (default 8)")
-    p.add_argument("--recalls-per-fact", type=int, default=1, help="recall each fact this many times, in rounds (default 1)")
-    p.add_argument("--lead-words", type=int, default=30, help="at most this many filler words before the first statement (default 30)")
-    p.add_argument("--short-keys", action="store_true", help="one-syllable keys (1-2 tokens): denser back-to-back statements")
-    p.add_argument("--recall-spacing-words", type=int, default=40, help="filler words between rounds of recalls (default 40)")
+    p.add_argument(
+        "--gap-words",
+        type=int,
+        default=128,
+        help="min filler words between the last statement and the first recall "
+        "(default 128: >= 2 segments of 64 tokens)",
+    )
+    p.add_argument(
+        "--max-repeats", type=int, default=1, help="state each fact 1..R times in a row, R drawn per fact (default 1)"
+    )
+    p.add_argument(
+        "--repeat-filler-words",
+        type=int,
+        default=8,
+        help="at most this many filler words between repeated statements (default 8)",
+    )
+    p.add_argument(
+        "--recalls-per-fact", type=int, default=1, help="recall each fact this many times, in rounds (default 1)"
+    )
+    p.add_argument(
+        "--lead-words",
+        type=int,
+        default=30,
+        help="at most this many filler words before the first statement (default 30)",
+    )
+    p.add_argument(
+        "--short-keys", action="store_true", help="one-syllable keys (1-2 tokens): denser back-to-back statements"
+    )
+    p.add_argument(
+        "--recall-spacing-words", type=int, default=40, help="filler words between rounds of recalls (default 40)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -47,9 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         from memformers.recall import SyntheticConfig, write_synthetic_corpus
 
         try:
-            config = SyntheticConfig(args.seed, args.num_values, args.facts_per_doc, args.gap_words, args.max_repeats,
-                                     args.repeat_filler_words, args.recalls_per_fact, args.recall_spacing_words,
-                                     args.lead_words, args.short_keys)
+            config = SyntheticConfig(
+                args.seed,
+                args.num_values,
+                args.facts_per_doc,
+                args.gap_words,
+                args.max_repeats,
+                args.repeat_filler_words,
+                args.recalls_per_fact,
+                args.recall_spacing_words,
+                args.lead_words,
+                args.short_keys,
+            )
         except ValueError as exc:
             raise DataError(str(exc)) from exc
         summary = write_synthetic_corpus(args.output, args.num_docs, config, progress=not args.no_progress)

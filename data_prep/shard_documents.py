@@ -30,6 +30,7 @@ manifest.json, then removes .slices/. Re-running a finished merge does nothing.
 
 Exit status: 0 done; 1 merge with slices missing or unfinished; 2 bad input, settings or arguments.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,24 +41,63 @@ from _cli import run
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, folders, globs or 🤗 dataset names")
+    p.add_argument(
+        "--input", nargs="+", required=True, metavar="PATH", help="files, folders, globs or 🤗 dataset names"
+    )
     p.add_argument("--tokenizer", required=True, metavar="TOK", help="HF tokenizer directory, hub name, or a SHARD_DIR")
-    p.add_argument("--output", required=True, metavar="SHARD_DIR", help="shard directory to write (new, empty, or an unfinished run of this command)")
-    p.add_argument("--segment-length", type=int, required=True, metavar="L", help="max tokens per segment, <s>/</s> not counted")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="tokenizer processes (default: CPU count; 0: in this process)")
-    p.add_argument("--val-fraction", type=float, default=0.01, metavar="F", help="share of documents for the val split (default: 0.01; 0: none)")
+    p.add_argument(
+        "--output",
+        required=True,
+        metavar="SHARD_DIR",
+        help="shard directory to write (new, empty, or an unfinished run of this command)",
+    )
+    p.add_argument(
+        "--segment-length", type=int, required=True, metavar="L", help="max tokens per segment, <s>/</s> not counted"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokenizer processes (default: CPU count; 0: in this process)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.01,
+        metavar="F",
+        help="share of documents for the val split (default: 0.01; 0: none)",
+    )
     p.add_argument("--text-field", default="text", help="field or column holding the text (default: text)")
-    p.add_argument("--id-field", default="id", help="field kept as the document's id in its metadata, when present (default: id)")
+    p.add_argument(
+        "--id-field", default="id", help="field kept as the document's id in its metadata, when present (default: id)"
+    )
     p.add_argument("--docs-per-shard", type=int, default=1000, metavar="K", help="documents per shard (default: 1000)")
-    p.add_argument("--skip-bad-records", action="store_true", help="skip and count malformed records instead of stopping")
+    p.add_argument(
+        "--skip-bad-records", action="store_true", help="skip and count malformed records instead of stopping"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a SHARD_DIR made with other settings or inputs")
     p.add_argument("--dataset-split", default="train", help="split of a 🤗 dataset input (default: train)")
     p.add_argument("--dataset-config", default=None, help="configuration name of a 🤗 dataset input")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     sliced = p.add_argument_group("sharding in slices (see above; slurm/prepare_data.sh)")
-    sliced.add_argument("--num-slices", type=int, default=None, metavar="N", help="the inputs are sharded in N slices: give --slice-index or --merge with it")
-    sliced.add_argument("--slice-index", type=int, default=None, metavar="I", help="tokenize slice I only (0 <= I < N) into SHARD_DIR/.slices/slice-IIIII/")
-    sliced.add_argument("--merge", action="store_true", help="merge the N finished slices into SHARD_DIR (exit 1 naming any missing)")
+    sliced.add_argument(
+        "--num-slices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the inputs are sharded in N slices: give --slice-index or --merge with it",
+    )
+    sliced.add_argument(
+        "--slice-index",
+        type=int,
+        default=None,
+        metavar="I",
+        help="tokenize slice I only (0 <= I < N) into SHARD_DIR/.slices/slice-IIIII/",
+    )
+    sliced.add_argument(
+        "--merge", action="store_true", help="merge the N finished slices into SHARD_DIR (exit 1 naming any missing)"
+    )
     args = p.parse_args(argv)
     if (args.slice_index is not None or args.merge) and args.num_slices is None:
         p.error("--slice-index and --merge need --num-slices N")
@@ -70,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def go() -> int:
-        from memformers.data import shard_documents
-        from memformers.data import IncompleteSlicesError
+        from memformers.data import IncompleteSlicesError, shard_documents
 
         try:
             summary = shard_documents(

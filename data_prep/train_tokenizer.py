@@ -7,6 +7,7 @@ The directory loads offline with `AutoTokenizer.from_pretrained(TOK_DIR)`, with 
 <s>=0, <pad>=1, </s>=2, <unk>=3 and <mask>=4. Inputs are read as by shard_documents.py (.txt, .jsonl,
 .json, .parquet, compressed, folders, globs, 🤗 datasets).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,16 +18,33 @@ from _cli import run
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files, folders, globs or 🤗 dataset names")
-    p.add_argument("--vocab-size", type=int, required=True, metavar="N", help="vocabulary size (>= 300; may come out smaller on a small corpus)")
+    p.add_argument(
+        "--input", nargs="+", required=True, metavar="PATH", help="files, folders, globs or 🤗 dataset names"
+    )
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        required=True,
+        metavar="N",
+        help="vocabulary size (>= 300; may come out smaller on a small corpus)",
+    )
     p.add_argument("--output", required=True, metavar="TOK_DIR", help="tokenizer directory to write")
     p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe", help="SentencePiece model (default: bpe)")
     p.add_argument("--text-field", default="text", help="field or column holding the text (default: text)")
-    p.add_argument("--skip-bad-records", action="store_true", help="skip and count malformed records instead of stopping")
+    p.add_argument(
+        "--skip-bad-records", action="store_true", help="skip and count malformed records instead of stopping"
+    )
     p.add_argument("--dataset-split", default="train", help="split of a 🤗 dataset input (default: train)")
     p.add_argument("--dataset-config", default=None, help="configuration name of a 🤗 dataset input")
-    p.add_argument("--character-coverage", type=float, default=0.9995, help="share of characters given their own piece; the rest fall back to bytes")
-    p.add_argument("--max-sentences", type=int, default=5_000_000, help="lines sampled for training (default: 5,000,000)")
+    p.add_argument(
+        "--character-coverage",
+        type=float,
+        default=0.9995,
+        help="share of characters given their own piece; the rest fall back to bytes",
+    )
+    p.add_argument(
+        "--max-sentences", type=int, default=5_000_000, help="lines sampled for training (default: 5,000,000)"
+    )
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)

@@ -7,6 +7,7 @@ the memory. Prints recall accuracy with memory and with the memory reset at the 
 
     python experiments/memory_copy.py --gap 2 --steps 600
 """
+
 import argparse
 import os
 import sys
@@ -20,8 +21,17 @@ from memformers.training.recurrence import loss_weights, run_rollout, segment_fo
 
 p = argparse.ArgumentParser()
 p.add_argument("--gap", type=int, default=2)
-p.add_argument("--lead", type=int, default=0, help="filler-only segments before the statement (memory not fresh when it is written)")
-p.add_argument("--fresh", action="store_true", help="reset the memory at the statement segment (tells --lead's two effects apart: T vs a used memory)")
+p.add_argument(
+    "--lead",
+    type=int,
+    default=0,
+    help="filler-only segments before the statement (memory not fresh when it is written)",
+)
+p.add_argument(
+    "--fresh",
+    action="store_true",
+    help="reset the memory at the statement segment (tells --lead's two effects apart: T vs a used memory)",
+)
 p.add_argument("--fixed-lead", action="store_true", help="the lead segments are the same filler in every document")
 p.add_argument("--len", type=int, default=32)
 p.add_argument("--values", type=int, default=16)
@@ -31,7 +41,12 @@ p.add_argument("--lr", type=float, default=2e-3)
 p.add_argument("--mask", type=float, default=0.0, help="extra random masking of filler tokens")
 p.add_argument("--memory-len", type=int, default=8)
 p.add_argument("--gate-bias", type=float, default=None)
-p.add_argument("--mem-q-std", type=float, default=None, help="re-initialise the memory rows' query projections (0: queries independent of the carried memory)")
+p.add_argument(
+    "--mem-q-std",
+    type=float,
+    default=None,
+    help="re-initialise the memory rows' query projections (0: queries independent of the carried memory)",
+)
 p.add_argument("--memory-bias-std", type=float, default=None, help="re-initialise memory_bias with this std")
 p.add_argument("--init-std", type=float, default=0.1)
 p.add_argument("--layers", type=int, default=2)
@@ -54,7 +69,9 @@ def document(gen: torch.Generator, copies: int):
     """`lead + gap + 1` clean segments `[S, len]`, the sources, the recall position and the value."""
     T, L, S, R = SEGMENTS, a.len, STATEMENT_SEGMENT, RECALL_SEGMENT
     clean = torch.randint(FILLER0, VOCAB, (T, L), generator=gen)
-    if a.fixed_lead:  # the memory is used, but by the same content in every lane: no lane-to-lane noise before the write
+    if (
+        a.fixed_lead
+    ):  # the memory is used, but by the same content in every lane: no lane-to-lane noise before the write
         clean[:S] = torch.randint(FILLER0, VOCAB, (S, L), generator=torch.Generator().manual_seed(12345))
     clean[:, 0], clean[:, -1] = BOS, EOS
     value = VALUE0 + int(torch.randint(a.values, (), generator=gen))
@@ -81,16 +98,20 @@ def document(gen: torch.Generator, copies: int):
 
 def batches(step: int, lanes: int, salt: int):
     gen = torch.Generator().manual_seed(a.seed * 1_000_003 + salt * 7919 + step)
-    docs = [document(gen, 1 if salt else 1 + int(torch.randint(a.copies, (), generator=gen)) if a.mix else a.copies)
-            for _ in range(lanes)]
+    docs = [
+        document(gen, 1 if salt else 1 + int(torch.randint(a.copies, (), generator=gen)) if a.mix else a.copies)
+        for _ in range(lanes)
+    ]
     segs = []
     for t in range(SEGMENTS):
-        segs.append({
-            "source_ids": torch.stack([d[1][t] for d in docs]),
-            "source_mask": torch.ones(lanes, a.len, dtype=torch.bool),
-            "labels": torch.stack([d[0][t] for d in docs]),
-            "resets": torch.full((lanes,), t == 0 or (a.fresh and t == STATEMENT_SEGMENT)),
-        })
+        segs.append(
+            {
+                "source_ids": torch.stack([d[1][t] for d in docs]),
+                "source_mask": torch.ones(lanes, a.len, dtype=torch.bool),
+                "labels": torch.stack([d[0][t] for d in docs]),
+                "resets": torch.full((lanes,), t == 0 or (a.fresh and t == STATEMENT_SEGMENT)),
+            }
+        )
     return segs, torch.tensor([d[2] for d in docs]), torch.tensor([d[3] for d in docs])
 
 
@@ -106,17 +127,27 @@ def evaluate(model, n=256):
             if t < RECALL_SEGMENT:
                 _, _, memory = segment_forward(model, batch, memory, pad_id=PAD, decoder_start_id=EOS)
                 continue
-            out = model(input_ids=batch["source_ids"], memory_states=memory,
-                        memory_resets=batch["resets"] if resets is None else resets,
-                        labels=batch["labels"])
-            logits = out.logits[torch.arange(n), pos, VALUE0:VALUE0 + a.values]
+            out = model(
+                input_ids=batch["source_ids"],
+                memory_states=memory,
+                memory_resets=batch["resets"] if resets is None else resets,
+                labels=batch["labels"],
+            )
+            logits = out.logits[torch.arange(n), pos, VALUE0 : VALUE0 + a.values]
             acc[mode] = float((logits.argmax(-1) + VALUE0 == value).float().mean())
     model.train()
     return acc
 
 
-cfg = load_preset("tiny", vocab_size=VOCAB, memory_len=a.memory_len, max_position_embeddings=max(64, a.len + 4),
-                  init_std=a.init_std, encoder_layers=a.layers, decoder_layers=a.layers)
+cfg = load_preset(
+    "tiny",
+    vocab_size=VOCAB,
+    memory_len=a.memory_len,
+    max_position_embeddings=max(64, a.len + 4),
+    init_std=a.init_std,
+    encoder_layers=a.layers,
+    decoder_layers=a.layers,
+)
 model = MemBartForConditionalGeneration(cfg).train()
 if a.gate_bias is not None:
     torch.nn.init.constant_(model.model.encoder.memory_gate_net.dense2.bias, a.gate_bias)
@@ -133,13 +164,17 @@ for step in range(1, a.steps + 1):
     lr = a.lr * min(1.0, step / 50)
     for g in opt.param_groups:
         g["lr"] = lr
-    res = run_rollout(model, segs, model.construct_memory(a.lanes), weights, replay=False, pad_id=PAD,
-                      decoder_start_id=EOS)
+    res = run_rollout(
+        model, segs, model.construct_memory(a.lanes), weights, replay=False, pad_id=PAD, decoder_start_id=EOS
+    )
     res.loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad()
     if step % a.eval_every == 0:
         acc = evaluate(model)
-        print(f"step {step} loss {res.loss_sum / res.tokens:.3f} recall memory {acc['memory']:.3f} "
-              f"reset {acc['reset']:.3f} chance {1 / a.values:.3f} ({time.time() - t0:.0f}s)", flush=True)
+        print(
+            f"step {step} loss {res.loss_sum / res.tokens:.3f} recall memory {acc['memory']:.3f} "
+            f"reset {acc['reset']:.3f} chance {1 / a.values:.3f} ({time.time() - t0:.0f}s)",
+            flush=True,
+        )

@@ -58,6 +58,7 @@ Deviations from fairseq (deliberate)
   spans the result is the same (for ``replace_length=-1`` a position takes the value of the
   earliest-starting span covering it, as fairseq's overwriting order gives).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -147,7 +148,9 @@ _METASPACE = "\u2581"  # "▁"
 
 def _gpt2_byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode: the printable stand-in character -> the byte it encodes."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -171,8 +174,10 @@ def _vocab_style(pieces: list[str]) -> str:
     }
     style, count = max(counts.items(), key=lambda kv: kv[1])
     if count == 0:
-        raise ValueError("token_tables: cannot tell word boundaries from the vocabulary "
-                         "(no SentencePiece '▁', byte-level 'Ġ' or WordPiece '##' tokens)")
+        raise ValueError(
+            "token_tables: cannot tell word boundaries from the vocabulary "
+            "(no SentencePiece '▁', byte-level 'Ġ' or WordPiece '##' tokens)"
+        )
     return style
 
 
@@ -249,8 +254,18 @@ def _poisson_cdf(lam: float) -> np.ndarray:
 class BartDenoiser:
     """Applies :class:`DenoisingConfig`'s noise to segments; stateless, thread-safe, deterministic."""
 
-    def __init__(self, cfg: DenoisingConfig, tables: TokenTables, *, mask_id: int, bos_id: int, eos_id: int,
-                 pad_id: int, vocab_size: int, seed: int):
+    def __init__(
+        self,
+        cfg: DenoisingConfig,
+        tables: TokenTables,
+        *,
+        mask_id: int,
+        bos_id: int,
+        eos_id: int,
+        pad_id: int,
+        vocab_size: int,
+        seed: int,
+    ):
         cfg.validate()
         self.cfg = dataclasses.replace(cfg)  # a private copy: mutating the caller's config changes nothing
         size = len(tables.word_start)
@@ -275,7 +290,7 @@ class BartDenoiser:
     # -- public API ----------------------------------------------------------------------------------
     def rng(self, *, epoch: int, doc_id: str, segment_index: int) -> np.random.Generator:
         """The generator every draw for this segment comes from (see the module docstring)."""
-        key = f"{self.seed}/{int(epoch)}/{doc_id}/{int(segment_index)}".encode("utf-8")
+        key = f"{self.seed}/{int(epoch)}/{doc_id}/{int(segment_index)}".encode()
         digest = hashlib.blake2b(key, digest_size=16).digest()
         return np.random.Generator(np.random.PCG64(int.from_bytes(digest, "little")))
 
@@ -310,8 +325,14 @@ class BartDenoiser:
         epoch = int(batch["epoch"])
         empty = np.array([self.bos_id, self.eos_id], dtype=np.int64)
         sources = [
-            self.noise(ids_np[lane][attention_np[lane]], epoch=epoch, doc_id=batch["doc_ids"][lane],
-                       segment_index=segment_index[lane]) if valid[lane] else empty
+            self.noise(
+                ids_np[lane][attention_np[lane]],
+                epoch=epoch,
+                doc_id=batch["doc_ids"][lane],
+                segment_index=segment_index[lane],
+            )
+            if valid[lane]
+            else empty
             for lane in range(len(valid))
         ]
         width = max((len(s) for s in sources), default=0)
@@ -350,7 +371,7 @@ class BartDenoiser:
     def _permute_sentences(self, tokens, word_start, rng):
         n = len(tokens)
         # A sentence ends after a sentence-end token followed by a word start; the last one at </s>.
-        inner_ends = np.flatnonzero(self._sentence_end[tokens[1:n - 2]] & word_start[2:n - 1]) + 2
+        inner_ends = np.flatnonzero(self._sentence_end[tokens[1 : n - 2]] & word_start[2 : n - 1]) + 2
         ends = np.append(inner_ends, n - 1)
         starts = np.concatenate(([1], ends[:-1]))
         count = len(ends)
@@ -366,8 +387,8 @@ class BartDenoiser:
         offsets = np.cumsum(lengths) - lengths
         gather = np.arange(n - 2) + np.repeat(first - offsets, lengths)
         source, flags = tokens.copy(), word_start.copy()
-        source[1:n - 1] = tokens[gather]
-        flags[1:n - 1] = word_start[gather]
+        source[1 : n - 1] = tokens[gather]
+        flags[1 : n - 1] = word_start[gather]
         return source, flags
 
     def span_lengths(self, rng: np.random.Generator, budget: int) -> np.ndarray:

@@ -64,8 +64,12 @@ def plot_curves(steps: list[dict], evals: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=0.8, alpha=0.6, label="training loss")
     ax.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval loss, memory carried")
-    ax.plot([e["step"] for e in evals], [e["eval_loss_no_memory"] for e in evals], "s--",
-            label="eval loss, memory reset every segment")
+    ax.plot(
+        [e["step"] for e in evals],
+        [e["eval_loss_no_memory"] for e in evals],
+        "s--",
+        label="eval loss, memory reset every segment",
+    )
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("denoising loss (nats/token)")
     ax.set_title("MemBART tiny, synthetic recall corpus")
@@ -97,29 +101,21 @@ def main(argv: list[str] | None = None) -> int:
 
     stage("1/5 data: synthetic long documents → tokenizer → shards")
     if not shards.is_dir():
-        # the curriculum the memory needs (NOTES.md, session 6): each document opens with its fact stated 1..16
-        # times back to back (short keys: ~7 statements per fresh 64-token segment; the memory learns to write a
-        # fact only when it arrives dense and in a memory that holds nothing of the document yet), then recalls it
-        # in 8 rounds from 0-1 segments after the statements on. The probe's held-out documents state their fact
-        # once, >= 2 segments before its recall.
-        sh(PY, "data_prep/make_synthetic.py", "--output", str(corpus), "--num-docs", str(args.docs),
-           "--facts-per-doc", "1", "--max-repeats", "16", "--repeat-filler-words", "0", "--lead-words", "0",
-           "--short-keys", "--gap-words", "8", "--recalls-per-fact", "8", "--recall-spacing-words", "12",
-           "--no-progress")
-        sh(PY, "data_prep/make_synthetic.py", "--output", str(probe_corpus), "--num-docs", str(args.probe_docs),
-           "--seed", "1000", "--facts-per-doc", "1", "--short-keys", "--gap-words", str(2 * SEGMENT_LENGTH),
-           "--no-progress")
-        sh(PY, "data_prep/train_tokenizer.py", "--input", str(corpus), "--vocab-size", "1000",
-           "--output", str(tokenizer_dir))
-        sh(PY, "data_prep/shard_documents.py", "--input", str(corpus), "--tokenizer", str(tokenizer_dir),
-           "--output", str(shards), "--segment-length", str(SEGMENT_LENGTH), "--val-fraction", "0.05")
+        make_data(corpus, probe_corpus, tokenizer_dir, shards, docs=args.docs, probe_docs=args.probe_docs)
 
     stage(f"2/5 pretraining: DeepSpeed ZeRO-2, {args.nproc} processes")
     overrides = [f"run_dir={run_dir}", f"data.path={shards}"]
     if args.steps:
         overrides.append(f"train.max_steps={args.steps}")
-    sh(str(Path(PY).parent / "deepspeed"), f"--num_gpus={args.nproc}", "pretrain/train.py",
-       "--config", "pretrain/configs/demo.yaml", *overrides, env=env)
+    sh(
+        str(Path(PY).parent / "deepspeed"),
+        f"--num_gpus={args.nproc}",
+        "pretrain/train.py",
+        "--config",
+        "pretrain/configs/demo.yaml",
+        *overrides,
+        env=env,
+    )
 
     stage("3/5 export to Hugging Face format")
     sh(PY, "pretrain/export_hf.py", "--run-dir", str(run_dir), "--output", str(export_dir), "--force")
@@ -129,23 +125,73 @@ def main(argv: list[str] | None = None) -> int:
 
     stage("5/5 results")
     steps, evals = read_metrics(run_dir)
-    tail = steps[-20:]
-    results = {
-        "tokens_per_s": sorted(s["tokens_per_s"] for s in steps)[len(steps) // 2],
-        "final_loss": sum(s["loss"] for s in tail) / len(tail),
-        "eval_loss": evals[-1]["eval_loss"],
-        "eval_loss_no_memory": evals[-1]["eval_loss_no_memory"],
-        "memory_gain": evals[-1]["memory_gain"],
-        **results,
-        "steps": steps[-1]["step"],
-        "tokens": steps[-1]["tokens"],
-        "minutes": round((time.time() - started) / 60, 1),
-    }
+    results = summarize(steps, evals, results, minutes=round((time.time() - started) / 60, 1))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_curves(steps, evals, out / "curves.png")
     print_table(results)
     print(f"\nwrote {out / 'results.json'} and {out / 'curves.png'}; the model is in {export_dir}")
     return 0
+
+
+def make_data(
+    corpus: Path, probe_corpus: Path, tokenizer_dir: Path, shards: Path, *, docs: int, probe_docs: int
+) -> None:
+    """The training corpus, the probe's held-out corpus, a tokenizer and the shards, with the shipped scripts.
+
+    The curriculum the memory needs (experiments/NOTES.md, session 6): each document opens with its fact stated
+    1..16 times back to back (short keys: ~7 statements per fresh 64-token segment; the memory learns to write a
+    fact only when it arrives dense and in a memory that holds nothing of the document yet), then recalls it in 8
+    rounds from 0-1 segments after the statements on. The probe's held-out documents state their fact once,
+    >= 2 segments before its recall.
+    """
+    curriculum = (
+        "--facts-per-doc 1 --max-repeats 16 --repeat-filler-words 0 --lead-words 0 --short-keys "
+        "--gap-words 8 --recalls-per-fact 8 --recall-spacing-words 12 --no-progress"
+    ).split()
+    held_out = f"--seed 1000 --facts-per-doc 1 --short-keys --gap-words {2 * SEGMENT_LENGTH} --no-progress".split()
+    make = (PY, "data_prep/make_synthetic.py")
+    sh(*make, "--output", str(corpus), "--num-docs", str(docs), *curriculum)
+    sh(*make, "--output", str(probe_corpus), "--num-docs", str(probe_docs), *held_out)
+    sh(
+        PY,
+        "data_prep/train_tokenizer.py",
+        "--input",
+        str(corpus),
+        "--vocab-size",
+        "1000",
+        "--output",
+        str(tokenizer_dir),
+    )
+    sh(
+        PY,
+        "data_prep/shard_documents.py",
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tokenizer_dir),
+        "--output",
+        str(shards),
+        "--segment-length",
+        str(SEGMENT_LENGTH),
+        "--val-fraction",
+        "0.05",
+    )
+
+
+def summarize(steps: list[dict], evals: list[dict], recall: dict, minutes: float) -> dict:
+    """results.json: throughput (median), final loss (last 20 steps), the last evaluation, recall, size, time."""
+    tail = steps[-20:]
+    return {
+        "tokens_per_s": sorted(s["tokens_per_s"] for s in steps)[len(steps) // 2],
+        "final_loss": sum(s["loss"] for s in tail) / len(tail),
+        "eval_loss": evals[-1]["eval_loss"],
+        "eval_loss_no_memory": evals[-1]["eval_loss_no_memory"],
+        "memory_gain": evals[-1]["memory_gain"],
+        **recall,
+        "steps": steps[-1]["step"],
+        "tokens": steps[-1]["tokens"],
+        "minutes": minutes,
+    }
 
 
 def probe(export_dir: Path, corpus: Path, shards: Path) -> dict:
@@ -154,8 +200,7 @@ def probe(export_dir: Path, corpus: Path, shards: Path) -> dict:
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     from memformers.data import read_manifest
-    from memformers.recall import value_set
-    from memformers.recall import recall_probe
+    from memformers.recall import recall_probe, value_set
 
     manifest = read_manifest(shards)
     held_out = [json.loads(line) for line in corpus.read_text().splitlines()]
@@ -163,12 +208,16 @@ def probe(export_dir: Path, corpus: Path, shards: Path) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(export_dir, trust_remote_code=True)  # v5 asks otherwise
     values = sorted(value_set(held_out[0]["num_values"]))
     result = recall_probe(model, tokenizer, held_out, segment_length=manifest["segment_length"], values=values)
-    print(f"{result.facts} facts in {len(held_out)} held-out documents, each recalled >= 2 segments after it was "
-          f"stated; {len(values)} possible values (chance {result.chance:.1%})")
+    print(
+        f"{result.facts} facts in {len(held_out)} held-out documents, each recalled >= 2 segments after it was "
+        f"stated; {len(values)} possible values (chance {result.chance:.1%})"
+    )
     for example in result.examples[:3]:
-        print(f"  the code of {example['key']} is {example['value']} ({example['segments_after_statement']} segments "
-              f"earlier) → with memory: {example['predicted_with_memory']}, memory reset: "
-              f"{example['predicted_without_memory']}")
+        print(
+            f"  the code of {example['key']} is {example['value']} ({example['segments_after_statement']} segments "
+            f"earlier) → with memory: {example['predicted_with_memory']}, memory reset: "
+            f"{example['predicted_without_memory']}"
+        )
     return result.as_dict()
 
 

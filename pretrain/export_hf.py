@@ -25,8 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", help="tokenizer directory (or SHARD_DIR), if the run's SHARD_DIR has moved")
     args = parser.parse_args(argv)
     try:
-        report = export_checkpoint(args.run_dir, args.output, tag=args.tag, dtype=args.dtype, force=args.force,
-                                   tokenizer=args.tokenizer)
+        report = export_checkpoint(
+            args.run_dir, args.output, tag=args.tag, dtype=args.dtype, force=args.force, tokenizer=args.tokenizer
+        )
     except VerificationError as error:
         print(f"error: verification failed\n{error}", file=sys.stderr)
         return 1

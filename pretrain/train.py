@@ -39,6 +39,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def start_logging(
+    cfg, runtime, state: TrainState, resume_tag: str | None, segment_length: int, parameters: int
+) -> MetricsLogger:
+    """Rank 0's metrics.jsonl, progress bar and wandb run (resumed with the state's wandb id), and the start line."""
+    logger = MetricsLogger(
+        Path(cfg.run_dir),
+        cfg.logging,
+        enabled=runtime.is_main,
+        start_step=state.step,
+        max_steps=cfg.train.max_steps,
+        wandb_id=state.wandb_id,
+        config=cfg.to_dict(),
+    )
+    state.wandb_id = logger.wandb_id  # a fresh wandb run's new id
+    logger.write(
+        f"{'resumed from ' + resume_tag if resume_tag else 'starting'} at step {state.step}: "
+        f"{runtime.world_size} ranks x {cfg.data.lanes} lanes, segment length {segment_length}, "
+        f"{parameters:,} parameters"
+    )
+    return logger
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop = StopRequest()  # before start-up: a preemption notice can arrive while the model loads
@@ -54,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     corpus = Corpus.open(cfg.data, cfg.noise, seed=cfg.seed, runtime=runtime)
-    model = build_model(cfg, tokenizer_size=len(corpus.tokenizer), special_ids=corpus.special,
-                        segment_length=corpus.segment_length)
+    model = build_model(
+        cfg, tokenizer_size=len(corpus.tokenizer), special_ids=corpus.special, segment_length=corpus.segment_length
+    )
     engine = build_engine(model, cfg, runtime)
     loader = corpus.stream("train", cfg.train.epochs)
 
@@ -67,12 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         state.load(checkpointer, resume_tag, engine, loader)
     if runtime.is_main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    logger = MetricsLogger(run_dir, cfg.logging, enabled=runtime.is_main, start_step=state.step,
-                           max_steps=cfg.train.max_steps, wandb_id=state.wandb_id, config=cfg.to_dict())
-    state.wandb_id = logger.wandb_id  # a fresh wandb run's new id
-    logger.write(f"{'resumed from ' + resume_tag if resume_tag else 'starting'} at step {state.step}: "
-                 f"{runtime.world_size} ranks x {cfg.data.lanes} lanes, segment length {corpus.segment_length}, "
-                 f"{parameter_count(model):,} parameters")
+    logger = start_logging(cfg, runtime, state, resume_tag, corpus.segment_length, parameter_count(model))
     if state.step >= cfg.train.max_steps:  # only a resumed run starts there
         logger.write(f"nothing to do: {resume_tag} already reached train.max_steps={cfg.train.max_steps}")
         logger.close()

@@ -56,11 +56,15 @@ class SlurmUnavailable(RuntimeError):
 
 
 def _which(name: str) -> str | None:
-    return shutil.which(name) or next((str(p) for d in ("/usr/sbin", "/usr/bin", "/sbin") if (p := Path(d) / name).is_file()), None)
+    return shutil.which(name) or next(
+        (str(p) for d in ("/usr/sbin", "/usr/bin", "/sbin") if (p := Path(d) / name).is_file()), None
+    )
 
 
 def missing_binaries() -> list[str]:
-    return [b for b in ["munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "scancel", "sinfo"] if not _which(b)]
+    return [
+        b for b in ["munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "scancel", "sinfo"] if not _which(b)
+    ]
 
 
 def ensure_installed(timeout: float = 600) -> None:
@@ -68,11 +72,15 @@ def ensure_installed(timeout: float = 600) -> None:
     if not missing_binaries():
         return
     if os.geteuid() != 0:
-        raise SlurmUnavailable(f"Slurm is not installed ({', '.join(missing_binaries())} missing) and we are not root "
-                               f"to install it: apt-get install {' '.join(PACKAGES)}")
+        raise SlurmUnavailable(
+            f"Slurm is not installed ({', '.join(missing_binaries())} missing) and we are not root "
+            f"to install it: apt-get install {' '.join(PACKAGES)}"
+        )
     if not shutil.which("apt-get"):
-        raise SlurmUnavailable(f"Slurm is not installed ({', '.join(missing_binaries())} missing) and there is no "
-                               "apt-get to install it with")
+        raise SlurmUnavailable(
+            f"Slurm is not installed ({', '.join(missing_binaries())} missing) and there is no "
+            "apt-get to install it with"
+        )
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     install = ["apt-get", "install", "-y", "-qq", "-o", "DPkg::Lock::Timeout=120", "--no-install-recommends", *PACKAGES]
     errors = []
@@ -106,7 +114,10 @@ def free_ports(count: int) -> list[int]:
 
 def default_state_dir() -> Path:
     digest = hashlib.sha1(str(REPO).encode()).hexdigest()[:8]
-    return Path(os.environ.get("MEMFORMERS_SLURM_DIR") or Path(tempfile.gettempdir()) / f"memformers-slurm-{os.getuid()}-{digest}")
+    return Path(
+        os.environ.get("MEMFORMERS_SLURM_DIR")
+        or Path(tempfile.gettempdir()) / f"memformers-slurm-{os.getuid()}-{digest}"
+    )
 
 
 def parse_scontrol(text: str) -> dict[str, str]:
@@ -150,7 +161,7 @@ class SlurmCluster:
 
     # --- lifecycle ----------------------------------------------------------------------------------------------------
     @classmethod
-    def start_or_skip(cls, **kwargs) -> "SlurmCluster":
+    def start_or_skip(cls, **kwargs) -> SlurmCluster:
         import pytest
 
         try:
@@ -178,7 +189,7 @@ class SlurmCluster:
                 self.dir = Path(f"{base}-{os.getpid()}")
         raise SlurmUnavailable(f"could not lock a state directory near {base}")
 
-    def start(self, timeout: float = 90) -> "SlurmCluster":
+    def start(self, timeout: float = 90) -> SlurmCluster:
         if missing_binaries():
             raise SlurmUnavailable(f"missing: {', '.join(missing_binaries())} (call ensure_installed())")
         if os.geteuid() != 0:
@@ -197,10 +208,19 @@ class SlurmCluster:
         os.chmod(key, 0o600)
         self._write_conf()
 
-        self._spawn("munged", [_which("munged"), "--foreground", "--force", f"--socket={self.munge_socket}",
-                               f"--key-file={key}", f"--pid-file={self.dir / 'munged.pid'}",
-                               f"--seed-file={self.dir / 'munge-key' / 'munged.seed'}",
-                               f"--log-file={self.log_dir / 'munged.log'}"])
+        self._spawn(
+            "munged",
+            [
+                _which("munged"),
+                "--foreground",
+                "--force",
+                f"--socket={self.munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={self.dir / 'munged.pid'}",
+                f"--seed-file={self.dir / 'munge-key' / 'munged.seed'}",
+                f"--log-file={self.log_dir / 'munged.log'}",
+            ],
+        )
         self._wait(lambda: self.munge_socket.exists(), 20, "munged did not create its socket")
         self._spawn("slurmctld", [_which("slurmctld"), "-D", "-c", "-f", str(self.conf)])
         for name in self.node_names:
@@ -235,8 +255,9 @@ class SlurmCluster:
             subprocess.run(["scancel", f"--user={os.getuid()}"], env=self.env(), capture_output=True, timeout=20)
             deadline = time.time() + timeout
             while time.time() < deadline:
-                proc = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env(), capture_output=True, text=True,
-                                      timeout=20)
+                proc = subprocess.run(
+                    ["squeue", "-h", "-o", "%i"], env=self.env(), capture_output=True, text=True, timeout=20
+                )
                 if proc.returncode != 0 or not proc.stdout.strip():
                     return
                 time.sleep(0.5)
@@ -254,7 +275,9 @@ class SlurmCluster:
                 continue
             try:
                 parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if (entry / "cmdline").read_bytes().startswith(b"slurmstepd") and needle in (entry / "environ").read_bytes():
+                if (entry / "cmdline").read_bytes().startswith(b"slurmstepd") and needle in (
+                    entry / "environ"
+                ).read_bytes():
                     roots.append(int(entry.name))
             except (OSError, ValueError, IndexError):
                 continue
@@ -307,25 +330,37 @@ class SlurmCluster:
                 except ProcessLookupError:
                     pass
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
     # --- commands -----------------------------------------------------------------------------------------------------
-    def run(self, cmd: list[str], *, env: dict | None = None, timeout: float = 60, check: bool = True,
-            cwd: str | Path = REPO) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        cmd: list[str],
+        *,
+        env: dict | None = None,
+        timeout: float = 60,
+        check: bool = True,
+        cwd: str | Path = REPO,
+    ) -> subprocess.CompletedProcess:
         try:
             proc = subprocess.run(cmd, env=self.env(env), cwd=cwd, capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as error:
-            queue = subprocess.run(["squeue", "-o", "%i %j %T %r %N"], env=self.env(), capture_output=True, text=True,
-                                   timeout=20).stdout
-            raise AssertionError(f"{' '.join(map(str, cmd))} did not finish in {timeout}s\n{error.stdout or ''}\n"
-                                 f"--- squeue\n{queue}\n{self.diagnostics()}") from None
+            queue = subprocess.run(
+                ["squeue", "-o", "%i %j %T %r %N"], env=self.env(), capture_output=True, text=True, timeout=20
+            ).stdout
+            raise AssertionError(
+                f"{' '.join(map(str, cmd))} did not finish in {timeout}s\n{error.stdout or ''}\n"
+                f"--- squeue\n{queue}\n{self.diagnostics()}"
+            ) from None
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout[-3000:]}\n"
-                                 f"{proc.stderr[-3000:]}\n{self.diagnostics()}")
+            raise AssertionError(
+                f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout[-3000:]}\n"
+                f"{proc.stderr[-3000:]}\n{self.diagnostics()}"
+            )
         return proc
 
     def sbatch(self, args: list[str], *, env: dict | None = None, timeout: float = 60) -> int:
@@ -346,7 +381,9 @@ class SlurmCluster:
             if info and until(info):
                 return info
             time.sleep(poll)
-        raise AssertionError(f"job {job_id}: condition not reached in {timeout}s; last state {info}\n{self.diagnostics()}")
+        raise AssertionError(
+            f"job {job_id}: condition not reached in {timeout}s; last state {info}\n{self.diagnostics()}"
+        )
 
     def diagnostics(self, chars: int = 2500) -> str:
         """The tails of the daemons' logs (for assertion messages)."""
@@ -393,25 +430,33 @@ class SlurmCluster:
             "MinJobAge=600",
         ]
         for name, port in zip(self.node_names, node_ports):
-            lines.append(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs={cpus} "
-                         f"RealMemory={mem_mb} State=UNKNOWN")
-        lines.append(f"PartitionName={self.partition} Nodes={','.join(self.node_names)} Default=YES MaxTime=INFINITE "
-                     "State=UP OverSubscribe=YES")
+            lines.append(
+                f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs={cpus} "
+                f"RealMemory={mem_mb} State=UNKNOWN"
+            )
+        lines.append(
+            f"PartitionName={self.partition} Nodes={','.join(self.node_names)} Default=YES MaxTime=INFINITE "
+            "State=UP OverSubscribe=YES"
+        )
         self.conf.write_text("\n".join(lines) + "\n")
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         out = open(self.log_dir / f"{name}.out", "w")
-        self.procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=self.env(), start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env(), start_new_session=True
+        )
         out.close()
 
     def _all_idle(self) -> bool:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
-                raise SlurmUnavailable(f"{name} exited with {proc.returncode} while starting\n{self.diagnostics()}\n"
-                                       + (self.log_dir / f"{name}.out").read_text(errors="replace")[-2000:])
-        proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env(), capture_output=True, text=True,
-                              timeout=20)
+                raise SlurmUnavailable(
+                    f"{name} exited with {proc.returncode} while starting\n{self.diagnostics()}\n"
+                    + (self.log_dir / f"{name}.out").read_text(errors="replace")[-2000:]
+                )
+        proc = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env(), capture_output=True, text=True, timeout=20
+        )
         states = dict(line.split() for line in proc.stdout.splitlines() if line.strip())
         return all(states.get(n, "").rstrip("*~#") == "idle" for n in self.node_names)
 
@@ -434,8 +479,11 @@ def _is_zombie(pid: int) -> bool:
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("start", "stop"):
-        print("usage: python tests/slurm_cluster.py start|stop   (state in $MEMFORMERS_SLURM_DIR or "
-              f"{default_state_dir()})", file=sys.stderr)
+        print(
+            "usage: python tests/slurm_cluster.py start|stop   (state in $MEMFORMERS_SLURM_DIR or "
+            f"{default_state_dir()})",
+            file=sys.stderr,
+        )
         return 2
     cluster = SlurmCluster()
     if argv[0] == "stop":

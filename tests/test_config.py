@@ -27,8 +27,17 @@ def test_shipped_configs_load():
 
 
 def test_overrides_are_typed_and_nested(tmp_path):
-    cfg = load_config(write(tmp_path, BASE), ["train.max_steps=7", "train.lr=1e-3", "train.memory_replay=true",
-                                              "model.init_from=/x", "train.betas=[0.9, 0.95]", "noise.mask_ratio=0"])
+    cfg = load_config(
+        write(tmp_path, BASE),
+        [
+            "train.max_steps=7",
+            "train.lr=1e-3",
+            "train.memory_replay=true",
+            "model.init_from=/x",
+            "train.betas=[0.9, 0.95]",
+            "noise.mask_ratio=0",
+        ],
+    )
     assert cfg.train.max_steps == 7 and cfg.train.lr == 1e-3 and cfg.train.memory_replay is True
     assert cfg.model.init_from == "/x" and cfg.train.betas == [0.9, 0.95] and cfg.noise.mask_ratio == 0.0
 
@@ -60,7 +69,11 @@ def test_wrong_types_and_choices(tmp_path):
 def test_deepspeed_json_must_agree_with_the_config(tmp_path):
     cfg = load_config(write(tmp_path, BASE), ["data.lanes=4", "train.rollouts_per_step=2"])
     ds = deepspeed_config(cfg, {"zero_optimization": {"stage": 2}}, world_size=3, on_cpu=True)
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 2, 24)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (
+        4,
+        2,
+        24,
+    )
     assert ds["optimizer"]["params"]["torch_adam"] is True and ds["gradient_clipping"] == cfg.train.grad_clip
     with pytest.raises(ConfigError, match=r"train_micro_batch_size_per_gpu=8 does not match data.lanes = 4"):
         deepspeed_config(cfg, {"train_micro_batch_size_per_gpu": 8}, world_size=1, on_cpu=True)
@@ -80,8 +93,10 @@ def test_shipped_deepspeed_configs_are_valid_for_the_shipped_presets():
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor(tmp_path):
     for schedule in ("linear", "cosine"):
-        cfg = load_config(write(tmp_path, BASE), ["train.warmup_steps=10", "train.max_steps=110",
-                                                  "train.min_lr_ratio=0.1", f"train.lr_schedule={schedule}"])
+        cfg = load_config(
+            write(tmp_path, BASE),
+            ["train.warmup_steps=10", "train.max_steps=110", "train.min_lr_ratio=0.1", f"train.lr_schedule={schedule}"],
+        )
         f = lr_lambda(cfg.train)
         assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
         assert f(10) == pytest.approx(1.0) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
@@ -97,5 +112,5 @@ def test_readme_config_reference_is_generated_from_the_schema():
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     start = readme.index("<!-- config-reference:start")
-    body = readme[readme.index("\n", start) + 1: readme.index("<!-- config-reference:end -->")]
+    body = readme[readme.index("\n", start) + 1 : readme.index("<!-- config-reference:end -->")]
     assert body == config_reference(), "README.md is stale: regenerate with python -m memformers.training.config"

@@ -1,4 +1,5 @@
 """Input formats and bad input (memformers.data.prep.sources, and through shard_documents)."""
+
 from __future__ import annotations
 
 import bz2
@@ -135,7 +136,9 @@ def test_malformed_json_names_file_and_line(tmp_path: Path) -> None:
 def test_missing_text_field_names_the_field_and_those_present(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"content": "x", "id": 1}) + "\n")
-    with pytest.raises(BadRecordError, match=r"d.jsonl:1: no field 'text' in the record; fields present: \['content', 'id'\]"):
+    with pytest.raises(
+        BadRecordError, match=r"d.jsonl:1: no field 'text' in the record; fields present: \['content', 'id'\]"
+    ):
         list(DocumentReader([str(path)]))
     assert _texts([path], text_field="content") == ["x"]
     with pytest.raises(BadRecordError, match=r"field 'content' is a int"):
@@ -145,11 +148,18 @@ def test_missing_text_field_names_the_field_and_those_present(tmp_path: Path) ->
 
 def test_sharding_summary_reconciles(tmp_path: Path, bpe_tokenizer: Path) -> None:
     path = tmp_path / "d.jsonl"
-    lines = [json.dumps({"text": t}) for t in TEXTS] + ['{"text": ""}', "{oops", json.dumps({"body": "x"}), '{"text": "  "}']
+    lines = [json.dumps({"text": t}) for t in TEXTS] + [
+        '{"text": ""}',
+        "{oops",
+        json.dumps({"body": "x"}),
+        '{"text": "  "}',
+    ]
     path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"text": "bad \xff byte."}\n')
     with pytest.raises(BadRecordError, match=r"d.jsonl:14: malformed JSON"):
         shard_documents([str(path)], bpe_tokenizer, tmp_path / "s1", 64, workers=0, progress=False)
-    summary = shard_documents([str(path)], bpe_tokenizer, tmp_path / "s2", 64, workers=1, skip_bad_records=True, progress=False)
+    summary = shard_documents(
+        [str(path)], bpe_tokenizer, tmp_path / "s2", 64, workers=1, skip_bad_records=True, progress=False
+    )
     assert summary.documents_read == len(TEXTS) + 5
     assert summary.documents_written == len(TEXTS) + 1
     assert summary.skipped == {"empty": 2, "bad_record": 2, "no_tokens": 0}

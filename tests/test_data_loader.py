@@ -1,4 +1,5 @@
 """The lane schedule (pure) and SegmentStreamLoader: exactly-once, in order, ranks, epochs, resume."""
+
 from __future__ import annotations
 
 import itertools
@@ -209,7 +210,10 @@ def test_transform_runs_in_the_prefetch_thread(shard_dir: Path) -> None:
 
 
 def test_segment_length_mismatch_and_bad_arguments(shard_dir: Path) -> None:
-    with pytest.raises(DataError, match=rf"segment_length=128 but the shards .* {SEGMENT_LENGTH} tokens: pass segment_length={SEGMENT_LENGTH}"):
+    with pytest.raises(
+        DataError,
+        match=rf"segment_length=128 but the shards .* {SEGMENT_LENGTH} tokens: pass segment_length={SEGMENT_LENGTH}",
+    ):
         SegmentStreamLoader(shard_dir, "train", lanes=2, segment_length=128)
     with pytest.raises(DataError, match=r"no split 'test'; it has \['train', 'val'\]"):
         SegmentStreamLoader(shard_dir, "test", lanes=2, segment_length=SEGMENT_LENGTH)

@@ -1,4 +1,5 @@
 """Cutting documents into segments (memformers.data.prep.segmenting)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Sharding: round trip, manifest, determinism, resume, split stability, verification (data_prep/)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +33,11 @@ def _all_documents(shards: Path) -> dict[str, tuple[np.ndarray, np.ndarray, dict
         for i in range(len(reader)):
             sample = reader.read(i)
             meta = json.loads(sample.meta)
-            out[meta["source"]] = (np.array(sample.ids), np.array(sample.ends), meta | {"key": sample.key, "split": split})
+            out[meta["source"]] = (
+                np.array(sample.ids),
+                np.array(sample.ends),
+                meta | {"key": sample.key, "split": split},
+            )
         reader.close()
     return out
 
@@ -85,7 +90,10 @@ def test_manifest_schema_and_counts(shard_dir: Path) -> None:
         for number, shard in enumerate(entry["shards"]):
             path = shard_dir / shard["path"]
             assert shard["path"] == f"{split}/shard-{number:06d}.tar"
-            assert hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"] and path.stat().st_size == shard["bytes"]
+            assert (
+                hashlib.sha256(path.read_bytes()).hexdigest() == shard["sha256"]
+                and path.stat().st_size == shard["bytes"]
+            )
         assert sum(s["documents"] for s in entry["shards"]) == entry["documents"]
         assert sum(s["segments"] for s in entry["shards"]) == entry["segments"]
         assert sum(s["tokens"] for s in entry["shards"]) == entry["tokens"]
@@ -108,7 +116,9 @@ def test_shards_are_plain_webdataset_tars(shard_dir: Path) -> None:
         assert set(sample["json"]) == {"id", "source"}
 
 
-def test_identical_bytes_whatever_the_number_of_workers(tmp_path: Path, synthetic_jsonl: Path, varied_jsonl: Path, bpe_tokenizer: Path) -> None:
+def test_identical_bytes_whatever_the_number_of_workers(
+    tmp_path: Path, synthetic_jsonl: Path, varied_jsonl: Path, bpe_tokenizer: Path
+) -> None:
     digests = []
     for workers in (0, 1, 2):
         out = tmp_path / f"w{workers}"
@@ -125,7 +135,9 @@ def test_resume_after_interruption_finishes_only_missing_shards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_jsonl: Path, bpe_tokenizer: Path, shard_dir: Path
 ) -> None:
     args = ([str(synthetic_jsonl)], bpe_tokenizer)
-    kwargs = dict(segment_length=SEGMENT_LENGTH, workers=1, val_fraction=0.2, docs_per_shard=DOCS_PER_SHARD, progress=False)
+    kwargs = dict(
+        segment_length=SEGMENT_LENGTH, workers=1, val_fraction=0.2, docs_per_shard=DOCS_PER_SHARD, progress=False
+    )
     reference = tmp_path / "reference"
     shard_documents(*args, reference, **kwargs)
 
@@ -169,7 +181,9 @@ def test_output_folder_with_other_files_is_refused(tmp_path: Path, synthetic_jso
         shard_documents([str(synthetic_jsonl)], bpe_tokenizer, tmp_path, SEGMENT_LENGTH, workers=0, progress=False)
 
 
-def test_split_is_a_stable_function_of_the_content(tmp_path: Path, synthetic_docs: list, bpe_tokenizer: Path, shard_dir: Path) -> None:
+def test_split_is_a_stable_function_of_the_content(
+    tmp_path: Path, synthetic_docs: list, bpe_tokenizer: Path, shard_dir: Path
+) -> None:
     docs = [d["text"] for d in synthetic_docs]
     mixed = docs[40:] + [f"An extra document number {i}." for i in range(30)]
     random.Random(1).shuffle(mixed)
@@ -188,7 +202,9 @@ def test_split_is_a_stable_function_of_the_content(tmp_path: Path, synthetic_doc
 def test_inspect_shards_reports_statistics(shard_dir: Path, capsys: pytest.CaptureFixture) -> None:
     assert data_prep_script("inspect_shards").main([str(shard_dir), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "train:" in out and "val:" in out and "segment length (tokens)" in out and "document length (segments)" in out
+    assert (
+        "train:" in out and "val:" in out and "segment length (tokens)" in out and "document length (segments)" in out
+    )
     assert "[segment 0," in out and "all shards verified" in out
 
 
@@ -227,12 +243,29 @@ def test_truncated_or_altered_shards_are_named(tmp_path: Path, shard_dir: Path, 
             pass
 
 
-def test_scripts_run_from_the_command_line(tmp_path: Path, synthetic_jsonl: Path, bpe_tokenizer: Path, capsys: pytest.CaptureFixture) -> None:
+def test_scripts_run_from_the_command_line(
+    tmp_path: Path, synthetic_jsonl: Path, bpe_tokenizer: Path, capsys: pytest.CaptureFixture
+) -> None:
     tok = tmp_path / "tok"
-    assert data_prep_script("train_tokenizer").main(["--input", str(synthetic_jsonl), "--vocab-size", "400", "--output", str(tok), "--no-progress"]) == 0
+    assert (
+        data_prep_script("train_tokenizer").main(
+            ["--input", str(synthetic_jsonl), "--vocab-size", "400", "--output", str(tok), "--no-progress"]
+        )
+        == 0
+    )
     assert "special ids        {'bos': 0, 'pad': 1, 'eos': 2, 'unk': 3, 'mask': 4}" in capsys.readouterr().out
     out = tmp_path / "shards"
-    base = ["--input", str(synthetic_jsonl), "--tokenizer", str(tok), "--output", str(out), "--workers", "1", "--no-progress"]
+    base = [
+        "--input",
+        str(synthetic_jsonl),
+        "--tokenizer",
+        str(tok),
+        "--output",
+        str(out),
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     shard = data_prep_script("shard_documents").main
     assert shard([*base, "--segment-length", "48"]) == 0
     assert "reconciles: read = written + skipped" in capsys.readouterr().out
@@ -262,7 +295,9 @@ def test_sample_encoding_matches_the_standard_formats() -> None:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         assert tar.getnames() == ["val-000000-000003.ids.npy", "val-000000-000003.seg.npy", "val-000000-000003.json"]
     decoded = decode_sample(sample, "x.tar")
-    assert decoded.key == "val-000000-000003" and decoded.ids.tolist() == ids.tolist() and decoded.ends.tolist() == [4, 10]
+    assert (
+        decoded.key == "val-000000-000003" and decoded.ids.tolist() == ids.tolist() and decoded.ends.tolist() == [4, 10]
+    )
     with pytest.raises(ShardError, match="x.tar: undecodable sample"):
         decode_sample(sample[:700], "x.tar")
 
@@ -273,4 +308,6 @@ def test_statistics_from_histograms_match_plain_percentiles() -> None:
     rng = np.random.default_rng(0)
     for size in (1, 2, 5, 100, 1001):
         values = rng.integers(1, SEGMENT_LENGTH + 1, size=size)
-        assert histogram_distribution(np.bincount(values, minlength=SEGMENT_LENGTH + 1)) == pytest.approx(distribution(values))
+        assert histogram_distribution(np.bincount(values, minlength=SEGMENT_LENGTH + 1)) == pytest.approx(
+            distribution(values)
+        )

@@ -1,6 +1,7 @@
 """Sharding in slices + merge (memformers/data/prep/slices.py; shard_documents.py --num-slices/--slice-index/--merge):
 the merged SHARD_DIR is byte-identical to the single-process run; the slice rule; missing, unfinished and other-run
 slices; resume; idempotence; slices running at once as separate processes."""
+
 from __future__ import annotations
 
 import gzip
@@ -107,7 +108,8 @@ def _merge(inputs: list[str], tok: Path, out: Path, count: int, **extra):
 
 def _cli_args(inputs: list[str], tok: Path, out: Path) -> list[str]:
     return ["--input", *inputs, "--tokenizer", str(tok), "--output", str(out), "--segment-length", "48",
-            "--val-fraction", "0.3", "--docs-per-shard", "7", "--skip-bad-records", "--workers", "0", "--no-progress"]  # fmt: skip
+            "--val-fraction", "0.3", "--docs-per-shard", "7", "--skip-bad-records", "--workers", "0",
+            "--no-progress"]  # fmt: skip
 
 
 @pytest.mark.parametrize("count", [1, 2, 3])
@@ -244,8 +246,13 @@ def test_slices_run_at_once_as_separate_processes(
     script = [sys.executable, str(REPO / "data_prep" / "shard_documents.py"), *_cli_args(inputs, hash_tokenizer, out)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     procs = [
-        subprocess.Popen([*script, "--num-slices", str(count), "--slice-index", str(i)], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*script, "--num-slices", str(count), "--slice-index", str(i)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(count)
     ]
     outputs = [p.communicate(timeout=120) for p in procs]
@@ -264,7 +271,9 @@ def test_other_runs_are_refused(
         _slice(inputs, hash_tokenizer, out, 2, 0)
     with pytest.raises(DataError, match=r"different settings \(segment_length\)"):
         _slice(inputs, hash_tokenizer, out, 3, 0, segment_length=32)
-    other_run = r"slice 0 was made by another run \(--num-slices differ\): re-run it with --overwrite; slice 1 is missing"
+    other_run = (
+        r"slice 0 was made by another run \(--num-slices differ\): re-run it with --overwrite; slice 1 is missing"
+    )
     with pytest.raises(IncompleteSlicesError, match=other_run):
         _merge(inputs, hash_tokenizer, out, 2)
     with pytest.raises(DataError, match=r"holds the slices of an unfinished sliced run"):  # a single run would mix them

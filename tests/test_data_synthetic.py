@@ -1,4 +1,5 @@
 """The synthetic long-range-dependency corpus (memformers.recall.corpus, data_prep/make_synthetic.py)."""
+
 from __future__ import annotations
 
 import json
@@ -131,7 +132,9 @@ def test_short_keys_are_one_syllable_and_pack_statements_densely(bpe_tokenizer: 
             assert 3 <= len(key) <= 6 and key not in FILLER_WORDS and key not in VALUE_WORDS
         assert len({f["key"] for f in doc["facts"]}) == 3
         for is_short, d in ((True, doc), (False, make_document(i, SyntheticConfig(seed=2, facts_per_doc=3)))):
-            lengths[is_short] += [len(tokenizer(f["statement"], add_special_tokens=False)["input_ids"]) for f in d["facts"]]
+            lengths[is_short] += [
+                len(tokenizer(f["statement"], add_special_tokens=False)["input_ids"]) for f in d["facts"]
+            ]
     assert np.mean(lengths[True]) < np.mean(lengths[False]) - 1
     with pytest.raises(ValueError, match="short_keys"):
         SyntheticConfig(short_keys=True, facts_per_doc=101)
@@ -140,7 +143,17 @@ def test_short_keys_are_one_syllable_and_pack_statements_densely(bpe_tokenizer: 
 def test_make_synthetic_script(tmp_path: Path) -> None:
     out = tmp_path / "s.jsonl"
     run = subprocess.run(
-        [sys.executable, str(REPO / "data_prep" / "make_synthetic.py"), "--output", str(out), "--num-docs", "3", "--seed", "2", "--no-progress"],
+        [
+            sys.executable,
+            str(REPO / "data_prep" / "make_synthetic.py"),
+            "--output",
+            str(out),
+            "--num-docs",
+            "3",
+            "--seed",
+            "2",
+            "--no-progress",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -149,7 +162,16 @@ def test_make_synthetic_script(tmp_path: Path) -> None:
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert records == [make_document(i, SyntheticConfig(seed=2)) for i in range(3)]
     bad = subprocess.run(
-        [sys.executable, str(REPO / "data_prep" / "make_synthetic.py"), "--output", str(out), "--num-docs", "3", "--num-values", "99"],
+        [
+            sys.executable,
+            str(REPO / "data_prep" / "make_synthetic.py"),
+            "--output",
+            str(out),
+            "--num-docs",
+            "3",
+            "--num-values",
+            "99",
+        ],
         capture_output=True,
         text=True,
     )

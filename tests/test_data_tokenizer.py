@@ -1,4 +1,5 @@
 """Tokenizer training, loading, checks and the sentence-end table (memformers.data.tokenizer*)."""
+
 from __future__ import annotations
 
 import json
@@ -39,7 +40,13 @@ def test_byte_fallback_round_trip_is_lossless(which: str, request: pytest.Fixtur
     tokenizer = load_tokenizer(request.getfixturevalue(which))
     backend = tokenizer.backend_tokenizer
     backend.encode_special_tokens = True  # as the sharding workers encode
-    texts = varied_texts(20, seed=7) + [" leading space", "trailing  \n", "tabs\tand\u00a0nbsp", "ünseen ✓ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ☃", "<s> a <mask> b <0x41>"]
+    texts = varied_texts(20, seed=7) + [
+        " leading space",
+        "trailing  \n",
+        "tabs\tand\u00a0nbsp",
+        "ünseen ✓ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ☃",
+        "<s> a <mask> b <0x41>",
+    ]
     for text in texts:
         ids = backend.encode(text, add_special_tokens=False).ids
         assert 3 not in ids, f"<unk> in {text!r}"
@@ -64,7 +71,9 @@ def _byte_level_bart_dir(tmp_path: Path, texts: list[str]) -> Path:
     from tokenizers import ByteLevelBPETokenizer
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=600, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe.train_from_iterator(
+        texts, vocab_size=600, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False
+    )
     out = tmp_path / "bart-like"
     out.mkdir()
     bpe.save_model(str(out))
@@ -72,7 +81,9 @@ def _byte_level_bart_dir(tmp_path: Path, texts: list[str]) -> Path:
     return out
 
 
-def test_existing_hf_tokenizer_directory_works_everywhere(tmp_path: Path, synthetic_docs: list, synthetic_jsonl: Path) -> None:
+def test_existing_hf_tokenizer_directory_works_everywhere(
+    tmp_path: Path, synthetic_docs: list, synthetic_jsonl: Path
+) -> None:
     from memformers.data import SegmentStreamLoader
 
     tok_dir = _byte_level_bart_dir(tmp_path, [d["text"] for d in synthetic_docs])
@@ -80,7 +91,9 @@ def test_existing_hf_tokenizer_directory_works_everywhere(tmp_path: Path, synthe
     ids = special_ids(tokenizer)
     assert ids["bos"] == 0 and ids["pad"] == 1 and ids["eos"] == 2 and ids["mask"] is not None
     shards = tmp_path / "shards"
-    shard_documents([str(synthetic_jsonl)], tok_dir, shards, 64, workers=1, val_fraction=0.0, docs_per_shard=50, progress=False)
+    shard_documents(
+        [str(synthetic_jsonl)], tok_dir, shards, 64, workers=1, val_fraction=0.0, docs_per_shard=50, progress=False
+    )
     loaded = load_tokenizer(shards)  # the SHARD_DIR's copy
     assert tokenizer_sha256(loaded) == tokenizer_sha256(tokenizer)
     loader = SegmentStreamLoader(shards, "train", lanes=2, segment_length=64, seed=0, prefetch=0)
@@ -90,15 +103,22 @@ def test_existing_hf_tokenizer_directory_works_everywhere(tmp_path: Path, synthe
     assert text.strip() and text.strip() in " ".join(d["text"] for d in synthetic_docs)
 
 
-def test_tokenizer_without_required_special_tokens_is_an_error(tmp_path: Path, synthetic_docs: list, synthetic_jsonl: Path) -> None:
+def test_tokenizer_without_required_special_tokens_is_an_error(
+    tmp_path: Path, synthetic_docs: list, synthetic_jsonl: Path
+) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE(unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator([d["text"] for d in synthetic_docs], trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "[PAD]"], show_progress=False))
+    backend.train_from_iterator(
+        [d["text"] for d in synthetic_docs],
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "[PAD]"], show_progress=False),
+    )
     tok_dir = tmp_path / "bert-like"
-    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(str(tok_dir))
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(
+        str(tok_dir)
+    )
     with pytest.raises(TokenizerError, match="bos_token, eos_token, mask_token"):
         load_tokenizer(tok_dir)
     with pytest.raises(TokenizerError, match="mask_token"):
@@ -110,7 +130,9 @@ def test_missing_tokenizer_path_is_an_error(tmp_path: Path) -> None:
         load_tokenizer(tmp_path / "nope")
 
 
-def test_shard_dir_tokenizer_must_match_manifest_hash(tmp_path: Path, bpe_tokenizer: Path, synthetic_jsonl: Path) -> None:
+def test_shard_dir_tokenizer_must_match_manifest_hash(
+    tmp_path: Path, bpe_tokenizer: Path, synthetic_jsonl: Path
+) -> None:
     shards = tmp_path / "shards"
     shard_documents([str(synthetic_jsonl)], bpe_tokenizer, shards, 64, workers=0, progress=False)
     spec_path = shards / "tokenizer" / "tokenizer.json"
@@ -141,8 +163,16 @@ def test_one_sentence_end_rule_for_segments_and_noise(bpe_tokenizer: Path, unigr
     from memformers.data import ends_sentence
     from memformers.noising import token_tables
 
-    for text, expected in [("end.", True), ("end.)", True), ('say?"', True), ("wow!] ", True), ("3.5", False),
-                           (")", False), ("a,", False), ("", False)]:
+    for text, expected in [
+        ("end.", True),
+        ("end.)", True),
+        ('say?"', True),
+        ("wow!] ", True),
+        ("3.5", False),
+        (")", False),
+        ("a,", False),
+        ("", False),
+    ]:
         assert ends_sentence(text) == expected, text
     for path in (bpe_tokenizer, unigram_tokenizer):
         tokenizer = load_tokenizer(path)

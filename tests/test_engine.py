@@ -47,8 +47,19 @@ def wait_for_step(run_dir: Path, step: int, ranks: Ranks, timeout: float = 300) 
 @pytest.mark.distributed
 def test_zero2_torchrun_trains_evaluates_and_checkpoints(tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
-    run(torchrun_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "train.max_steps=6", "checkpoint.every_steps=3",
-                                          "eval.every_steps=3", "checkpoint.keep=1")))
+    run(
+        torchrun_cmd(
+            TRAIN,
+            tiny_run_args(
+                run_dir,
+                tiny_shards,
+                "train.max_steps=6",
+                "checkpoint.every_steps=3",
+                "eval.every_steps=3",
+                "checkpoint.keep=1",
+            ),
+        )
+    )
     steps, evals = metrics(run_dir)
     assert [x["step"] for x in steps] == list(range(1, 7))
     for record in steps:
@@ -74,9 +85,20 @@ def test_zero2_torchrun_trains_evaluates_and_checkpoints(tiny_shards, tmp_path):
 @pytest.mark.distributed
 def test_zero3_deepspeed_launcher_with_memory_replay(tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
-    run(deepspeed_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "deepspeed=ds_configs/zero3.json",
-                                           "train.memory_replay=true", "train.max_steps=4",
-                                           "train.rollouts_per_step=2", "checkpoint.every_steps=4")))
+    run(
+        deepspeed_cmd(
+            TRAIN,
+            tiny_run_args(
+                run_dir,
+                tiny_shards,
+                "deepspeed=ds_configs/zero3.json",
+                "train.memory_replay=true",
+                "train.max_steps=4",
+                "train.rollouts_per_step=2",
+                "checkpoint.every_steps=4",
+            ),
+        )
+    )
     steps, evals = metrics(run_dir)
     assert [x["step"] for x in steps] == [1, 2, 3, 4]
     assert all(x["grad_norm"] > 0 for x in steps) and len(evals) == 1
@@ -119,8 +141,9 @@ def test_exact_resume_after_kill_9(tiny_shards, tmp_path, uninterrupted):
 @pytest.mark.distributed
 def test_a_killed_checkpoint_writer_leaves_the_previous_checkpoint_loadable(tiny_shards, tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
-    ranks = Ranks(TRAIN, tiny_run_args(run_dir, tiny_shards, *RESUME_ARGS),
-                  env=cpu_env(MEMFORMERS_FAULT="after_rank_state:1:6"))
+    ranks = Ranks(
+        TRAIN, tiny_run_args(run_dir, tiny_shards, *RESUME_ARGS), env=cpu_env(MEMFORMERS_FAULT="after_rank_state:1:6")
+    )
     deadline = time.time() + 300
     while ranks.procs[1].poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -153,9 +176,21 @@ def test_sigusr1_checkpoints_and_exits_75_then_resumes(tiny_shards, tmp_path, un
 @pytest.mark.distributed
 def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_shards, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run(torchrun_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "train.lr=1e30", "train.warmup_steps=0",
-                                                 "train.max_steps=20", "train.max_nonfinite_steps=2",
-                                                 "train.grad_clip=0")), check=False)
+    proc = run(
+        torchrun_cmd(
+            TRAIN,
+            tiny_run_args(
+                run_dir,
+                tiny_shards,
+                "train.lr=1e30",
+                "train.warmup_steps=0",
+                "train.max_steps=20",
+                "train.max_nonfinite_steps=2",
+                "train.grad_clip=0",
+            ),
+        ),
+        check=False,
+    )
     assert proc.returncode != 0
     steps, _ = metrics(run_dir)
     assert steps[-1]["skipped_steps"] == 2 and steps[-1]["grad_norm"] is None and steps[-1]["loss"] is None
@@ -164,8 +199,7 @@ def test_nonfinite_steps_are_skipped_counted_and_stop_the_run(tiny_shards, tmp_p
 
 
 def test_config_errors_exit_2_with_the_key_named(tiny_shards, tmp_path):
-    proc = run([sys.executable, TRAIN, *tiny_run_args(tmp_path / "r", tiny_shards, "train.max_step=3")],
-               check=False)
+    proc = run([sys.executable, TRAIN, *tiny_run_args(tmp_path / "r", tiny_shards, "train.max_step=3")], check=False)
     assert proc.returncode == 2
     assert "unknown config key 'train.max_step'" in proc.stderr and "max_steps" in proc.stderr
 
@@ -191,15 +225,31 @@ def test_a_short_run_on_the_synthetic_corpus_learns_to_use_its_memory(tiny_shard
     gain of a model that has not learned to use it (|gain| ~ 1e-4 at the start); and the gain sits where memory can
     help: not at a document's first segment, which has nothing to remember."""
     run_dir = tmp_path / "run"
-    run(torchrun_cmd(TRAIN, tiny_run_args(run_dir, tiny_shards, "data.lanes=4", "train.time_horizon=8",
-                                          "train.lr=2e-3", "train.warmup_steps=20", f"train.max_steps={GAIN_STEPS}",
-                                          "eval.every_steps=0", "eval.max_batches=null",
-                                          f"checkpoint.every_steps={GAIN_STEPS}")))
+    run(
+        torchrun_cmd(
+            TRAIN,
+            tiny_run_args(
+                run_dir,
+                tiny_shards,
+                "data.lanes=4",
+                "train.time_horizon=8",
+                "train.lr=2e-3",
+                "train.warmup_steps=20",
+                f"train.max_steps={GAIN_STEPS}",
+                "eval.every_steps=0",
+                "eval.max_batches=null",
+                f"checkpoint.every_steps={GAIN_STEPS}",
+            ),
+        )
+    )
     final = metrics(run_dir)[1][-1]
     assert final["memory_gain"] > GAIN_THRESHOLD, final
     first = final["eval_loss_no_memory_by_position"][0] - final["eval_loss_by_position"][0]
-    later = [b - a for a, b in zip(final["eval_loss_by_position"][1:], final["eval_loss_no_memory_by_position"][1:])
-             if a is not None]
+    later = [
+        b - a
+        for a, b in zip(final["eval_loss_by_position"][1:], final["eval_loss_no_memory_by_position"][1:])
+        if a is not None
+    ]
     assert first == 0.0 and max(later) > GAIN_THRESHOLD, final  # at position 0 both paths start from a reset
 
 

@@ -30,8 +30,10 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 TOLERANCE = 1e-5
 STAGES = ("zero0", "zero2", "zero3")
-TEXTS = [["In the harbor, the guards sang suddenly.", "The code of Vagri is ochre. Lena said so twice."],
-         ["Victor said that the farmer had sang again.", "What was the code of Vagri?"]]
+TEXTS = [
+    ["In the harbor, the guards sang suddenly.", "The code of Vagri is ochre. Lena said so twice."],
+    ["Victor said that the farmer had sang again.", "What was the code of Vagri?"],
+]
 
 # ------------------------------------------------------------------------------------------- shared, per session
 # Plain functions with a cache (not fixtures) so tests/test_finetune_dialog.py can reuse the same runs and exports.
@@ -45,10 +47,25 @@ def trained_runs(tmp_path_factory, shards: Path, stages=STAGES) -> dict[str, Pat
     procs = {}
     for stage in todo:
         run_dir = tmp_path_factory.mktemp(f"run-{stage}")
-        args = tiny_run_args(run_dir, shards, "train.max_steps=3", "checkpoint.every_steps=3", "eval.max_batches=2",
-                             f"deepspeed=ds_configs/{stage}.json")
-        procs[stage] = (run_dir, subprocess.Popen(torchrun_cmd("pretrain/train.py", args), cwd=REPO, env=cpu_env(),
-                                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        args = tiny_run_args(
+            run_dir,
+            shards,
+            "train.max_steps=3",
+            "checkpoint.every_steps=3",
+            "eval.max_batches=2",
+            f"deepspeed=ds_configs/{stage}.json",
+        )
+        procs[stage] = (
+            run_dir,
+            subprocess.Popen(
+                torchrun_cmd("pretrain/train.py", args),
+                cwd=REPO,
+                env=cpu_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+        )
     for stage, (run_dir, proc) in procs.items():
         output, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"training with {stage} exited {proc.returncode}:\n{output[-6000:]}"
@@ -101,8 +118,12 @@ def training_model(run_dir: Path) -> MemBartForConditionalGeneration:
     """The in-package class holding the masters: what the training model computes, in fp32."""
     model = MemBartForConditionalGeneration(MemBartConfig.from_json_file(tag_dir(run_dir) / "model_config.json"))
     missing, unexpected = model.load_state_dict(fp32_masters(run_dir), strict=False)
-    assert not unexpected and set(missing) <= {"lm_head.weight", "model.encoder.embed_tokens.weight",
-                                               "model.decoder.embed_tokens.weight", "final_logits_bias"}
+    assert not unexpected and set(missing) <= {
+        "lm_head.weight",
+        "model.encoder.embed_tokens.weight",
+        "model.decoder.embed_tokens.weight",
+        "final_logits_bias",
+    }
     return model.eval()
 
 
@@ -112,8 +133,14 @@ def text_segments(tokenizer) -> list[dict]:
     for index in range(2):
         enc = tokenizer([lane[index] for lane in TEXTS], return_tensors="pt", padding=True)
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        segments.append({"input_ids": enc.input_ids, "attention_mask": enc.attention_mask.bool(), "labels": labels,
-                         "memory_resets": torch.tensor([index == 0] * 2)})
+        segments.append(
+            {
+                "input_ids": enc.input_ids,
+                "attention_mask": enc.attention_mask.bool(),
+                "labels": labels,
+                "memory_resets": torch.tensor([index == 0] * 2),
+            }
+        )
     return segments
 
 
@@ -173,8 +200,16 @@ def test_export_reproduces_the_training_model(runs, stage, tmp_path):
 def test_export_directory_contents(tmp_path_factory, tiny_shards, runs):
     out = exported(tmp_path_factory, tiny_shards, "zero2")
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "configuration_membart.py", "modeling_membart.py",
-            "generation_config.json", "README.md", "tokenizer.json", "tokenizer_config.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "configuration_membart.py",
+        "modeling_membart.py",
+        "generation_config.json",
+        "README.md",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    } <= names
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "membart" and config["architectures"] == ["MemBartForConditionalGeneration"]
     assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_membart.MemBartForConditionalGeneration"
@@ -232,11 +267,13 @@ ISOLATED = textwrap.dedent("""
             memory = out.memory_states
         fresh = model.get_encoder()(input_ids=ids, memory_states=model.construct_memory(1))
         kwargs = dict(max_length=12, do_sample=False, return_dict_in_generate=True, output_scores=True)
-        with_memory, without = model.generate(encoder_outputs=encoded, **kwargs), model.generate(encoder_outputs=fresh, **kwargs)
+        with_memory = model.generate(encoder_outputs=encoded, **kwargs)
+        without = model.generate(encoder_outputs=fresh, **kwargs)
     print(json.dumps({
         "classes": [type(x).__module__ + "." + type(x).__name__ for x in (config, base, model)],
         "modules": sorted(m for m in sys.modules if m.startswith("memformers")),
-        "logits": logits, "sequence": with_memory.sequences[0].tolist(), "text": tokenizer.decode(with_memory.sequences[0]),
+        "logits": logits, "sequence": with_memory.sequences[0].tolist(),
+        "text": tokenizer.decode(with_memory.sequences[0]),
         "score_diff": (with_memory.scores[0] - without.scores[0]).abs().max().item(),
     }))
 """)
@@ -250,8 +287,14 @@ def test_loads_and_generates_with_memory_without_memformers(tmp_path_factory, ti
     (tmp_path / "isolated.py").write_text(ISOLATED)
     texts = [lane[0] + " " + lane[1] for lane in TEXTS]
     env = cpu_env(PYTHONPATH=str(tmp_path / "shadow"), HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
-    proc = subprocess.run([sys.executable, str(tmp_path / "isolated.py"), str(out), json.dumps(texts)], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "isolated.py"), str(out), json.dumps(texts)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["modules"] == []

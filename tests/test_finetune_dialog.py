@@ -48,8 +48,23 @@ def fact_turns(turns: list[dict]) -> tuple[int, int]:
 
 
 def train_args(export_dir, output, *extra: str):
-    return train.parse_args(["--model", str(export_dir), "--data", str(SAMPLE), "--output", str(output),
-                             "--lanes", "2", "--time-horizon", "2", "--warmup", "1", *extra])
+    return train.parse_args(
+        [
+            "--model",
+            str(export_dir),
+            "--data",
+            str(SAMPLE),
+            "--output",
+            str(output),
+            "--lanes",
+            "2",
+            "--time-horizon",
+            "2",
+            "--warmup",
+            "1",
+            *extra,
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -69,8 +84,16 @@ def test_sample_file_is_reproducible_and_needs_memory(tmp_path):
 
 def test_bad_dialogue_files_say_where(tmp_path):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"d1": [{"dial_id": "d1", "turn_id": 0, "text": "hi", "role": "A", "session": 1},
-                                      {"dial_id": "d1", "turn_id": 1, "role": "B", "session": 1}]}))
+    bad.write_text(
+        json.dumps(
+            {
+                "d1": [
+                    {"dial_id": "d1", "turn_id": 0, "text": "hi", "role": "A", "session": 1},
+                    {"dial_id": "d1", "turn_id": 1, "role": "B", "session": 1},
+                ]
+            }
+        )
+    )
     with pytest.raises(dialog_data.DialogDataError, match=r"dialogue 'd1', turn #1: missing key\(s\) text"):
         dialog_data.load_dialogues(bad)
     bad.write_text("{not json")
@@ -84,16 +107,26 @@ def test_bad_dialogue_files_say_where(tmp_path):
 @pytest.mark.slow
 def test_turn_streams_one_dialogue_per_lane_reset_at_start_then_padding(tokenizer):
     dialogues = list(dialog_data.load_dialogues(SAMPLE).values())[:3]
-    examples = [dialog_data.dialogue_examples(d, tokenizer, context_turns=1, max_source_len=64, max_target_len=32)
-                for d in dialogues]
-    streams = dialog_data.TurnStreams(examples, 2, pad_id=tokenizer.pad_token_id, bos_id=tokenizer.bos_token_id,
-                                      eos_id=tokenizer.eos_token_id, seed=3, epochs=1)
+    examples = [
+        dialog_data.dialogue_examples(d, tokenizer, context_turns=1, max_source_len=64, max_target_len=32)
+        for d in dialogues
+    ]
+    streams = dialog_data.TurnStreams(
+        examples,
+        2,
+        pad_id=tokenizer.pad_token_id,
+        bos_id=tokenizer.bos_token_id,
+        eos_id=tokenizer.eos_token_id,
+        seed=3,
+        epochs=1,
+    )
     lanes = [[], []]
     for batch in streams:
         for lane in range(2):
             if batch["valid"][lane]:
-                lanes[lane].append((batch["dial_ids"][lane], int(batch["turn_index"][lane]),
-                                    bool(batch["resets"][lane])))
+                lanes[lane].append(
+                    (batch["dial_ids"][lane], int(batch["turn_index"][lane]), bool(batch["resets"][lane]))
+                )
             else:  # padding lane: reset, no target, `<s></s>` source
                 assert batch["resets"][lane] and (batch["labels"][lane] == -100).all()
                 assert batch["attention_mask"][lane].sum() == 2
@@ -107,7 +140,8 @@ def test_turn_streams_one_dialogue_per_lane_reset_at_start_then_padding(tokenize
     # sources are the previous turn plus the replying speaker's prompt; labels are the reply
     first = examples[0][1]  # example k=2: the reply of turn 2 to turn 1
     assert tokenizer.decode(first.source_ids, skip_special_tokens=True).endswith(
-        f"{dialogues[0][1]['role']}: {dialogues[0][1]['text']}\n{dialogues[0][2]['role']}:")
+        f"{dialogues[0][1]['role']}: {dialogues[0][1]['text']}\n{dialogues[0][2]['role']}:"
+    )
     assert tokenizer.decode(first.labels, skip_special_tokens=True) == dialogues[0][2]["text"]
     # epochs=None never runs dry and never pads
     endless = iter(dialog_data.TurnStreams(examples, 2, pad_id=1, bos_id=0, eos_id=2, epochs=None))
@@ -127,8 +161,13 @@ def test_loss_decreases_on_a_fixed_batch(export_dir, tmp_path):
     fixed = [batch for _, batch in rollout]
     engine, losses = train.TorchEngine(model.train(), args), []
     for _ in range(6):
-        result = train.run_rollout(engine, fixed, model.construct_memory(2), pad_id=model.config.pad_token_id,
-                                   start_id=model.config.decoder_start_token_id)
+        result = train.run_rollout(
+            engine,
+            fixed,
+            model.construct_memory(2),
+            pad_id=model.config.pad_token_id,
+            start_id=model.config.decoder_start_token_id,
+        )
         engine.backward(result.loss)
         engine.step()
         losses.append(result.loss.item())
@@ -145,12 +184,17 @@ def test_generation_encodes_a_dialogue_exactly_as_training_does(export_dir, toke
     memory, memories = model.construct_memory(1), []
     with torch.no_grad():
         for batch in stream:
-            memory = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                         memory_states=memory, memory_resets=batch["resets"]).memory_states
+            memory = model.get_encoder()(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                memory_states=memory,
+                memory_resets=batch["resets"],
+            ).memory_states
             memories.append(memory)
     k = fact_turns(turns)[1]  # reply to turns[:k]: training's example k
-    encoded = generate.encode_dialogue(model, tokenizer, turns[:k], turns[k]["role"], context_turns=2,
-                                       max_source_len=64)
+    encoded = generate.encode_dialogue(
+        model, tokenizer, turns[:k], turns[k]["role"], context_turns=2, max_source_len=64
+    )
     torch.testing.assert_close(encoded.memory_states, memories[k - 1], atol=1e-6, rtol=0)
 
 
@@ -158,8 +202,29 @@ def test_generation_encodes_a_dialogue_exactly_as_training_does(export_dir, toke
 @pytest.mark.slow
 def test_finetune_with_torch_then_reply_with_memory(export_dir, tmp_path, capsys):
     output = tmp_path / "finetuned"
-    assert train.main(["--model", str(export_dir), "--data", str(SAMPLE), "--output", str(output), "--steps", "3",
-                       "--lanes", "2", "--time-horizon", "2", "--lr", "1e-3", "--log-every", "1"]) == 0
+    assert (
+        train.main(
+            [
+                "--model",
+                str(export_dir),
+                "--data",
+                str(SAMPLE),
+                "--output",
+                str(output),
+                "--steps",
+                "3",
+                "--lanes",
+                "2",
+                "--time-horizon",
+                "2",
+                "--lr",
+                "1e-3",
+                "--log-every",
+                "1",
+            ]
+        )
+        == 0
+    )
     records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in records)
     assert "step 3/3: loss" in capsys.readouterr().out
@@ -202,9 +267,27 @@ def test_finetune_with_deepspeed_where_memformers_is_not_installed(export_dir, t
     (shadow / "__init__.py").write_text("raise ImportError('memformers is not installed here')\n")
     env = cpu_env(PYTHONPATH=str(tmp_path / "shadow"), HF_MODULES_CACHE=str(tmp_path / "hf_modules"))
     output = tmp_path / "ds"
-    command = [sys.executable, str(EXAMPLE / "train.py"), "--model", str(export_dir), "--data", str(SAMPLE),
-               "--output", str(output), "--steps", "2", "--lanes", "2", "--time-horizon", "2", "--engine",
-               "deepspeed", "--zero-stage", "2", "--sample"]
+    command = [
+        sys.executable,
+        str(EXAMPLE / "train.py"),
+        "--model",
+        str(export_dir),
+        "--data",
+        str(SAMPLE),
+        "--output",
+        str(output),
+        "--steps",
+        "2",
+        "--lanes",
+        "2",
+        "--time-horizon",
+        "2",
+        "--engine",
+        "deepspeed",
+        "--zero-stage",
+        "2",
+        "--sample",
+    ]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "step 2/2: loss" in proc.stdout and "with memory:" in proc.stdout and "memory reset:" in proc.stdout

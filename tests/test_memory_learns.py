@@ -11,6 +11,7 @@ once is too faint for a fresh memory to pick up, and a model trained on single s
 held-out documents state it once. With memory the model recalls them; with the memory reset at the recall's segment
 it is at chance (1/16).
 """
+
 from __future__ import annotations
 
 import pytest
@@ -40,8 +41,15 @@ def documents(seed: int, count: int, max_statements: int) -> tuple[list[dict], t
         clean[doc, GAP, recall_at[doc]], clean[doc, GAP, recall_at[doc] + 1] = RECALL, values[doc]
     source = clean.clone()
     source[torch.arange(count), GAP, recall_at + 1] = MASK
-    batches = [{"source_ids": source[:, t].contiguous(), "source_mask": torch.ones(count, LENGTH, dtype=torch.bool),
-                "labels": clean[:, t].contiguous(), "resets": torch.full((count,), t == 0)} for t in range(GAP + 1)]
+    batches = [
+        {
+            "source_ids": source[:, t].contiguous(),
+            "source_mask": torch.ones(count, LENGTH, dtype=torch.bool),
+            "labels": clean[:, t].contiguous(),
+            "resets": torch.full((count,), t == 0),
+        }
+        for t in range(GAP + 1)
+    ]
     return batches, recall_at + 1, values
 
 
@@ -54,9 +62,10 @@ def recall_accuracy(model, reset_at_recall: bool) -> float:
         memory = segment_forward(model, batch, memory, pad_id=PAD, decoder_start_id=EOS)[2]
     last = batches[GAP]
     resets = torch.ones(256, dtype=torch.bool) if reset_at_recall else last["resets"]
-    logits = model(input_ids=last["source_ids"], memory_states=memory, memory_resets=resets,
-                   labels=last["labels"]).logits
-    predicted = VALUE0 + logits[torch.arange(256), position, VALUE0:VALUE0 + VALUES].argmax(-1)
+    logits = model(
+        input_ids=last["source_ids"], memory_states=memory, memory_resets=resets, labels=last["labels"]
+    ).logits
+    predicted = VALUE0 + logits[torch.arange(256), position, VALUE0 : VALUE0 + VALUES].argmax(-1)
     model.train()
     return float((predicted == values).float().mean())
 
@@ -75,8 +84,9 @@ def test_memory_carries_a_fact_two_segments() -> None:
             for group in optimizer.param_groups:
                 group["lr"] = 2e-3 * min(1.0, step / 50)
             batches, _, _ = documents(seed=step, count=LANES, max_statements=8)
-            result = run_rollout(model, batches, model.construct_memory(LANES), weights, replay=False,
-                                 pad_id=PAD, decoder_start_id=EOS)
+            result = run_rollout(
+                model, batches, model.construct_memory(LANES), weights, replay=False, pad_id=PAD, decoder_start_id=EOS
+            )
             result.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -89,4 +99,6 @@ def test_memory_carries_a_fact_two_segments() -> None:
     # 256 held-out facts: the standard error of an accuracy near chance is about 0.015
     assert before < chance + 0.08, f"recall before training {before:.3f} should be at chance {chance:.3f}"
     assert without_memory < chance + 0.08, f"recall with the memory reset {without_memory:.3f} should be at chance"
-    assert with_memory > 0.6, f"recall through memory {with_memory:.3f} (reset: {without_memory:.3f}, chance {chance:.3f})"
+    assert with_memory > 0.6, (
+        f"recall through memory {with_memory:.3f} (reset: {without_memory:.3f}, chance {chance:.3f})"
+    )

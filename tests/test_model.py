@@ -22,9 +22,18 @@ from memformers.models.membart import (
 )
 
 TINY = dict(
-    vocab_size=97, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-    decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-    dropout=0.0, memory_len=5, init_std=0.2,
+    vocab_size=97,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    max_position_embeddings=64,
+    dropout=0.0,
+    memory_len=5,
+    init_std=0.2,
 )
 
 
@@ -104,7 +113,7 @@ def test_encoder_matches_reference_computation_with_padding_and_resets():
     torch.testing.assert_close(out.memory_states, ref_memory, atol=1e-5, rtol=1e-5)
     assert out.encoder_attention_mask.shape == (3, TINY["memory_len"] + 11)
     assert out.encoder_attention_mask[:, : TINY["memory_len"]].all()
-    assert torch.equal(out.encoder_attention_mask[:, TINY["memory_len"]:], mask)
+    assert torch.equal(out.encoder_attention_mask[:, TINY["memory_len"] :], mask)
 
 
 def test_fused_mask_semantics():
@@ -135,7 +144,9 @@ def test_padding_does_not_change_memory_or_real_token_states():
     plain = model.model.encoder(input_ids=ids, memory_states=memory)
     pad = model.model.encoder(input_ids=padded, memory_states=memory, attention_mask=mask)
     torch.testing.assert_close(pad.memory_states, plain.memory_states, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(pad.last_hidden_state[:, : TINY["memory_len"] + 9], plain.last_hidden_state, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        pad.last_hidden_state[:, : TINY["memory_len"] + 9], plain.last_hidden_state, atol=1e-5, rtol=1e-5
+    )
     # ... and the decoder ignores the padded tokens through the cross-attention mask
     labels = random_ids(1, 6, seed=3)
     a = model(input_ids=ids, memory_states=memory, labels=labels).logits
@@ -174,7 +185,9 @@ def test_memory_carries_information_across_segments():
     outs = []
     for first in (first_x, first_y):
         memory = model(input_ids=first, labels=labels).memory_states
-        outs.append(model(input_ids=second, memory_states=memory, memory_resets=torch.tensor([1]), labels=labels).logits)
+        outs.append(
+            model(input_ids=second, memory_states=memory, memory_resets=torch.tensor([1]), labels=labels).logits
+        )
     torch.testing.assert_close(outs[0], outs[1])
 
 
@@ -228,16 +241,35 @@ def test_reference_format_state_dict_loads_with_no_missing_or_unexpected_keys(tm
 def test_parameter_names_are_the_references():
     names = set(tiny_model().state_dict())
     per_layer = [
-        "self_attn.{p}_proj.{t}".format(p=p, t=t) for p in ("q", "k", "v", "out", "mem_q", "mem_k", "mem_v", "mem_out")
+        f"self_attn.{p}_proj.{t}"
+        for p in ("q", "k", "v", "out", "mem_q", "mem_k", "mem_v", "mem_out")
         for t in ("weight", "bias")
-    ] + [f"{n}.{t}" for n in ("self_attn_layer_norm", "fc1", "fc2", "final_layer_norm", "mem_self_attn_layer_norm",
-                              "mem_fc1", "mem_fc2", "mem_final_layer_norm") for t in ("weight", "bias")]
+    ] + [
+        f"{n}.{t}"
+        for n in (
+            "self_attn_layer_norm",
+            "fc1",
+            "fc2",
+            "final_layer_norm",
+            "mem_self_attn_layer_norm",
+            "mem_fc1",
+            "mem_fc2",
+            "mem_final_layer_norm",
+        )
+        for t in ("weight", "bias")
+    ]
     encoder = {f"model.encoder.layers.{i}.{n}" for i in range(2) for n in per_layer} | {
-        "model.encoder.embed_tokens.weight", "model.encoder.embed_positions.weight",
-        "model.encoder.layernorm_embedding.weight", "model.encoder.layernorm_embedding.bias",
-        "model.encoder.memory_layer_norm.weight", "model.encoder.memory_layer_norm.bias", "model.encoder.memory_bias",
-        "model.encoder.memory_gate_net.dense.weight", "model.encoder.memory_gate_net.dense.bias",
-        "model.encoder.memory_gate_net.dense2.weight", "model.encoder.memory_gate_net.dense2.bias",
+        "model.encoder.embed_tokens.weight",
+        "model.encoder.embed_positions.weight",
+        "model.encoder.layernorm_embedding.weight",
+        "model.encoder.layernorm_embedding.bias",
+        "model.encoder.memory_layer_norm.weight",
+        "model.encoder.memory_layer_norm.bias",
+        "model.encoder.memory_bias",
+        "model.encoder.memory_gate_net.dense.weight",
+        "model.encoder.memory_gate_net.dense.bias",
+        "model.encoder.memory_gate_net.dense2.weight",
+        "model.encoder.memory_gate_net.dense2.bias",
     }
     assert {n for n in names if n.startswith("model.encoder.")} == encoder
     # the decoder and heads are BART's, name for name
@@ -268,10 +300,16 @@ def test_from_bart_copies_every_weight_and_initialises_memory_twins(tmp_path):
         assert torch.equal(mem_state[key], value), key
     for layer in range(TINY["encoder_layers"]):
         p = f"model.encoder.layers.{layer}."
-        for mem_name, name in [("self_attn.mem_q_proj", "self_attn.q_proj"), ("self_attn.mem_out_proj", "self_attn.out_proj"),
-                               ("mem_fc1", "fc1"), ("mem_fc2", "fc2"), ("mem_final_layer_norm", "final_layer_norm"),
-                               ("mem_self_attn_layer_norm", "self_attn_layer_norm"), ("self_attn.mem_k_proj", "self_attn.k_proj"),
-                               ("self_attn.mem_v_proj", "self_attn.v_proj")]:
+        for mem_name, name in [
+            ("self_attn.mem_q_proj", "self_attn.q_proj"),
+            ("self_attn.mem_out_proj", "self_attn.out_proj"),
+            ("mem_fc1", "fc1"),
+            ("mem_fc2", "fc2"),
+            ("mem_final_layer_norm", "final_layer_norm"),
+            ("mem_self_attn_layer_norm", "self_attn_layer_norm"),
+            ("self_attn.mem_k_proj", "self_attn.k_proj"),
+            ("self_attn.mem_v_proj", "self_attn.v_proj"),
+        ]:
             assert torch.equal(mem_state[f"{p}{mem_name}.weight"], bart_state[f"{p}{name}.weight"])
     new_keys = set(mem_state) - set(bart_state)
     assert all(k.startswith("model.encoder.memory_") or ".mem_" in k for k in new_keys)
@@ -293,14 +331,26 @@ def test_seed_readme_usage_generate_with_memory(tmp_path):
     input_ids2 = random_ids(1, 10, 16)
     encoder_outputs2 = membart.model.encoder(input_ids=input_ids2, memory_states=memory_states, attention_mask=None)
     outputs = membart.generate(
-        encoder_outputs=encoder_outputs2, decoder_start_token_id=0, max_length=12, num_beams=1, do_sample=False,
-        return_dict_in_generate=True, output_scores=True,
+        encoder_outputs=encoder_outputs2,
+        decoder_start_token_id=0,
+        max_length=12,
+        num_beams=1,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_scores=True,
     )
     assert outputs.sequences.shape[0] == 1 and outputs.sequences[0, 0] == 0
     # the memory changes what is generated: the same segment with a fresh memory scores differently
     fresh = membart.model.encoder(input_ids=input_ids2, memory_states=membart.construct_memory(1))
-    fresh_out = membart.generate(encoder_outputs=fresh, decoder_start_token_id=0, max_length=12, num_beams=1,
-                                 do_sample=False, return_dict_in_generate=True, output_scores=True)
+    fresh_out = membart.generate(
+        encoder_outputs=fresh,
+        decoder_start_token_id=0,
+        max_length=12,
+        num_beams=1,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
     assert (outputs.scores[0] - fresh_out.scores[0]).abs().max() > 1e-4
 
 
@@ -310,8 +360,14 @@ def test_generate_takes_the_padding_mask_from_encoder_outputs():
     ids = random_ids(1, 7, 17)
     padded = torch.cat([ids, torch.full((1, 5), 1)], 1)
     mask = torch.cat([torch.ones(1, 7), torch.zeros(1, 5)], 1)
-    kwargs = dict(decoder_start_token_id=0, max_length=8, num_beams=2, do_sample=False,
-                  return_dict_in_generate=True, output_scores=True)
+    kwargs = dict(
+        decoder_start_token_id=0,
+        max_length=8,
+        num_beams=2,
+        do_sample=False,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
     a = model.generate(encoder_outputs=model.model.encoder(input_ids=ids), **kwargs)
     b = model.generate(encoder_outputs=model.model.encoder(input_ids=padded, attention_mask=mask), **kwargs)
     assert torch.equal(a.sequences, b.sequences)
@@ -346,10 +402,22 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 def test_presets():
     base, large = load_preset("membart-base"), load_preset("membart-large")
-    assert (base.d_model, base.encoder_layers, base.decoder_layers, base.encoder_attention_heads,
-            base.encoder_ffn_dim, base.memory_len, base.vocab_size) == (768, 6, 6, 12, 3072, 64, 50265)
-    assert (large.d_model, large.encoder_layers, large.encoder_attention_heads, large.encoder_ffn_dim,
-            large.memory_len) == (1024, 12, 16, 4096, 128)
+    assert (
+        base.d_model,
+        base.encoder_layers,
+        base.decoder_layers,
+        base.encoder_attention_heads,
+        base.encoder_ffn_dim,
+        base.memory_len,
+        base.vocab_size,
+    ) == (768, 6, 6, 12, 3072, 64, 50265)
+    assert (
+        large.d_model,
+        large.encoder_layers,
+        large.encoder_attention_heads,
+        large.encoder_ffn_dim,
+        large.memory_len,
+    ) == (1024, 12, 16, 4096, 128)
     assert load_preset("tiny", vocab_size=500).vocab_size == 500
     with pytest.raises(ValueError, match="unknown MemBART preset 'huge'.*membart-base"):
         load_preset("huge")

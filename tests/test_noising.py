@@ -3,6 +3,7 @@
 Real tokenizers are trained in-test on a generated corpus (no downloads): a SentencePiece-style unigram
 tokenizer ("▁word") and a byte-level BPE ("Ġword", facebook/bart-base style).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,32 @@ from memformers.noising import BartDenoiser, DenoisingConfig, TokenTables, token
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 SEGMENT_LENGTH = 128
-SYLLABLES = ["ka", "lo", "mi", "ren", "ta", "su", "vo", "zel", "pa", "dri", "on", "ex", "ul", "fi", "gro",
-             "ne", "sha", "bu", "qui", "tor", "am", "ish", "pe", "da"]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ren",
+    "ta",
+    "su",
+    "vo",
+    "zel",
+    "pa",
+    "dri",
+    "on",
+    "ex",
+    "ul",
+    "fi",
+    "gro",
+    "ne",
+    "sha",
+    "bu",
+    "qui",
+    "tor",
+    "am",
+    "ish",
+    "pe",
+    "da",
+]
 ENDINGS = [".", ".", ".", ".", "!", "?", '."', "...", "?)"]
 
 
@@ -44,14 +69,24 @@ def make_documents(n_docs: int, seed: int, newlines: bool) -> list[str]:
                 elif roll < 0.12:
                     words[i] = f"{rng.integers(1, 99)}.{rng.integers(0, 9)}"  # a decimal: not a sentence end
             sentences.append(" ".join(words) + str(rng.choice(ENDINGS)))
-        joiners = rng.choice(["\n", " "], size=len(sentences) - 1, p=[0.15, 0.85]) if newlines else [" "] * (len(sentences) - 1)
+        joiners = (
+            rng.choice(["\n", " "], size=len(sentences) - 1, p=[0.15, 0.85])
+            if newlines
+            else [" "] * (len(sentences) - 1)
+        )
         docs.append(sentences[0] + "".join(j + s for j, s in zip(joiners, sentences[1:])))
     return docs
 
 
 def wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>", mask_token="<mask>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+    )
 
 
 def sentencepiece_tokenizer(docs: list[str]) -> PreTrainedTokenizerFast:
@@ -66,8 +101,9 @@ def byte_level_tokenizer(docs: list[str]) -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # like facebook/bart-base
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(docs, trainer)
     return wrap(tok)
 
@@ -86,18 +122,22 @@ class Env:
         for d, doc in enumerate(self.docs):
             ids = t(doc, add_special_tokens=False)["input_ids"]
             for s, i in enumerate(range(0, len(ids), SEGMENT_LENGTH)):
-                body = ids[i:i + SEGMENT_LENGTH]
+                body = ids[i : i + SEGMENT_LENGTH]
                 seg = np.array([t.bos_token_id, *body, t.eos_token_id], dtype=np.int64)
                 self.segments.append((f"doc-{d}", s, seg))
 
     def denoiser(self, seed: int = 0, **overrides) -> BartDenoiser:
-        return BartDenoiser(DenoisingConfig(**overrides), self.tables, vocab_size=len(self.tokenizer),
-                            seed=seed, **self.ids)
+        return BartDenoiser(
+            DenoisingConfig(**overrides), self.tables, vocab_size=len(self.tokenizer), seed=seed, **self.ids
+        )
 
     def run(self, denoiser: BartDenoiser, epochs: int = 1):
         """(target, source) for every segment, in each of the epochs (fresh noise per epoch)."""
-        return [(seg, denoiser.noise(seg, epoch=epoch, doc_id=doc, segment_index=s))
-                for epoch in range(epochs) for doc, s, seg in self.segments]
+        return [
+            (seg, denoiser.noise(seg, epoch=epoch, doc_id=doc, segment_index=s))
+            for epoch in range(epochs)
+            for doc, s, seg in self.segments
+        ]
 
     def word_starts(self, seg: np.ndarray) -> np.ndarray:
         """The contract's positional word starts: the table, the first token after <s>, never <s>/</s>."""
@@ -112,7 +152,7 @@ class Env:
         ws, out, start = self.word_starts(seg), [], 1
         for i in range(1, len(seg) - 1):
             if i == len(seg) - 2 or (self.tables.sentence_end[seg[i]] and ws[i + 1]):
-                out.append(tuple(seg[start:i + 1]))
+                out.append(tuple(seg[start : i + 1]))
                 start = i + 1
         return out
 
@@ -156,23 +196,34 @@ def test_token_tables_sentence_ends(env):
     marker = "▁" if env.style == "metaspace" else "Ġ"
     words = [p for p in vocab if p.startswith(marker) and p[1:].isalpha()]
     assert words and not tables.sentence_end[[vocab[w] for w in words]].any()
-    for text, expected in [("He said hi.", True), ("Who?", True), ("Wow!", True), ("The end,", False),
-                           ("Pi is 3", False), ("Call 3.5", False)]:
+    for text, expected in [
+        ("He said hi.", True),
+        ("Who?", True),
+        ("Wow!", True),
+        ("The end,", False),
+        ("Pi is 3", False),
+        ("Call 3.5", False),
+    ]:
         ids = t(text, add_special_tokens=False)["input_ids"]
         assert bool(tables.sentence_end[ids[-1]]) == expected, (text, t.convert_ids_to_tokens(ids))
     # Closing quotes/brackets after the stop still end a sentence; on their own they do not.
     texts = {i: t.convert_tokens_to_string([p]).strip() for p, i in vocab.items() if i not in t.all_special_ids}
-    closing = [i for i, x in texts.items() if x and x[-1] in "\")" and x.rstrip("\")")[-1:] in (".", "?", "!")]
+    closing = [i for i, x in texts.items() if x and x[-1] in '")' and x.rstrip('")')[-1:] in (".", "?", "!")]
     assert tables.sentence_end[closing].all()
     assert closing or env.style == "metaspace"  # the small unigram vocabulary has no '."' piece
-    bare = [i for i, x in texts.items() if x and set(x) <= set("\")")]
+    bare = [i for i, x in texts.items() if x and set(x) <= set('")')]
     assert bare and not tables.sentence_end[bare].any()
     if env.style == "byte-level":  # a line break starts the next word (GPT-2's "Ċ")
         assert tables.word_start[vocab["Ċ"]]
 
 
 def test_token_tables_byte_fallback_and_added_tokens():
-    vocab = {p: i for i, p in enumerate(SPECIALS + ["▁ab", "ab", "▁", ".", '."', "<0x0A>", "<0x20>", "<0xE5>", "<0xAD>", "<0x2E>"])}
+    vocab = {
+        p: i
+        for i, p in enumerate(
+            SPECIALS + ["▁ab", "ab", "▁", ".", '."', "<0x0A>", "<0x20>", "<0xE5>", "<0xAD>", "<0x2E>"]
+        )
+    }
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
@@ -239,13 +290,26 @@ def test_noise_does_not_depend_on_the_process(tmp_path):
         sys.stdout.write(",".join(map(str, out.tolist())))
     """)
     tables = TokenTables(word_start=word_start, sentence_end=sentence_end)
-    local = BartDenoiser(DenoisingConfig(insert_ratio=0.05, rotate_ratio=0.5), tables, mask_id=4, bos_id=0,
-                         eos_id=2, pad_id=1, vocab_size=size, seed=11).noise(tokens, epoch=1, doc_id="a/b", segment_index=5)
+    local = BartDenoiser(
+        DenoisingConfig(insert_ratio=0.05, rotate_ratio=0.5),
+        tables,
+        mask_id=4,
+        bos_id=0,
+        eos_id=2,
+        pad_id=1,
+        vocab_size=size,
+        seed=11,
+    ).noise(tokens, epoch=1, doc_id="a/b", segment_index=5)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))
     for hash_seed in ("1", "2"):
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                             env={**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": path}).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": path},
+        ).stdout
         assert out == ",".join(map(str, local.tolist()))
 
 
@@ -268,8 +332,8 @@ def sentence_order(body: tuple, sentences: list[tuple], used: tuple = ()) -> lis
     if len(used) == len(sentences):
         return [] if not body else None
     for i, s in enumerate(sentences):
-        if i not in used and body[:len(s)] == s:
-            rest = sentence_order(body[len(s):], sentences, used + (i,))
+        if i not in used and body[: len(s)] == s:
+            rest = sentence_order(body[len(s) :], sentences, used + (i,))
             if rest is not None:
                 return [i] + rest
     return None
@@ -290,15 +354,16 @@ def test_permutation_moves_whole_sentences_only(env):
 
 
 def test_permutation_keeps_decimals_together(env):
-    """"3.5" contains a sentence-end token ("."), but no word starts after it: it is not a boundary."""
+    """ "3.5" contains a sentence-end token ("."), but no word starts after it: it is not a boundary."""
     t = env.tokenizer
     decimal_ids = {tuple(t(f" {a}.{b}", add_special_tokens=False)["input_ids"]) for a in range(1, 99) for b in range(9)}
     # The decimal as it appears after a space; it must still be there, contiguous, after permutation.
 
     def count(seq):
         seq = seq.tolist()
-        return sum(tuple(seq[i:i + len(d)]) == d for d in decimal_ids for i in range(len(seq) - len(d) + 1)
-                   if seq[i] == d[0])
+        return sum(
+            tuple(seq[i : i + len(d)]) == d for d in decimal_ids for i in range(len(seq) - len(d) + 1) if seq[i] == d[0]
+        )
 
     pairs = env.run(env.denoiser(mask_ratio=0.0, permute_sentence_ratio=1.0))[:60]
     total = 0
@@ -374,11 +439,13 @@ def test_masked_runs_have_poisson_lengths(env):
     means = {}
     for mask_length in ("span-poisson", "word"):
         found = []
-        d = env.denoiser(mask_ratio=0.05, replace_length=-1, random_ratio=0.0, permute_sentence_ratio=0.0,
-                         mask_length=mask_length)
+        d = env.denoiser(
+            mask_ratio=0.05, replace_length=-1, random_ratio=0.0, permute_sentence_ratio=0.0, mask_length=mask_length
+        )
         for i, doc in enumerate(env.docs):
-            target = np.array([env.ids["bos_id"], *env.tokenizer(doc, add_special_tokens=False)["input_ids"],
-                               env.ids["eos_id"]])
+            target = np.array(
+                [env.ids["bos_id"], *env.tokenizer(doc, add_special_tokens=False)["input_ids"], env.ids["eos_id"]]
+            )
             source = d.noise(target, epoch=0, doc_id=str(i), segment_index=0)
             if len(source) == len(target):
                 ws = env.word_starts(target)
@@ -396,8 +463,9 @@ def test_zero_length_spans_insert_masks(env):
     # B / E[L|L>0] + E[L^2|L>0] / (2 E[L|L>0]^2) of them are made, each preceded by p0 / (1 - p0) zeros.
     p0 = math.exp(-3.5)
     mean, square = 3.5 / (1 - p0), (3.5 + 3.5**2) / (1 - p0)
-    expected = sum((math.ceil(0.3 * env.word_starts(t).sum()) / mean + square / (2 * mean**2)) * p0 / (1 - p0)
-                   for t, _ in pairs)
+    expected = sum(
+        (math.ceil(0.3 * env.word_starts(t).sum()) / mean + square / (2 * mean**2)) * p0 / (1 - p0) for t, _ in pairs
+    )
     assert 0.75 * expected < inserted < 1.25 * expected
     for target, source in pairs:
         assert len(source) >= len(target) and source[0] == target[0] and source[-1] == target[-1]
@@ -430,10 +498,10 @@ def test_replace_length_semantics(env):
         masked = kept == mask
         assert np.array_equal(dropped, kept[~masked])  # 0: the spans are deleted
         # 1: each masked run becomes between one <mask> and one per word (touching spans stay apart).
-        ws, pos, expected_len = env.word_starts(target), 0, 0
+        ws, pos = env.word_starts(target), 0
         prev = 0
         for a, b in runs(masked):
-            assert np.array_equal(single[pos:pos + a - prev], target[prev:a])
+            assert np.array_equal(single[pos : pos + a - prev], target[prev:a])
             pos += a - prev
             k = 0
             while pos + k < len(single) and single[pos + k] == mask:
@@ -470,8 +538,8 @@ def fairseq_reference(d: BartDenoiser, tables: TokenTables, tokens: np.ndarray, 
             result, flags, index = source.copy(), is_word_start.copy(), 1
             for i in ordering:
                 lo, hi = (sentence_ends[i - 1] if i > 0 else 1), sentence_ends[i]
-                result[index:index + hi - lo] = source[lo:hi]
-                flags[index:index + hi - lo] = is_word_start[lo:hi]  # word starts travel with their tokens
+                result[index : index + hi - lo] = source[lo:hi]
+                flags[index : index + hi - lo] = is_word_start[lo:hi]  # word starts travel with their tokens
                 index += hi - lo
             source, is_word_start = result, flags
     if cfg.mask_length == "subword":
@@ -509,8 +577,10 @@ def fairseq_reference(d: BartDenoiser, tables: TokenTables, tokens: np.ndarray, 
     return source[to_keep]
 
 
-@pytest.mark.parametrize("mask_length,replace_length", [("span-poisson", 1), ("span-poisson", -1),
-                                                        ("span-poisson", 0), ("word", -1), ("subword", 1)])
+@pytest.mark.parametrize(
+    "mask_length,replace_length",
+    [("span-poisson", 1), ("span-poisson", -1), ("span-poisson", 0), ("word", -1), ("subword", 1)],
+)
 def test_matches_literal_fairseq_port(env, mask_length, replace_length):
     d = env.denoiser(mask_length=mask_length, replace_length=replace_length, random_ratio=0.3)
     compared = 0
@@ -549,8 +619,10 @@ def test_subword_masking_masks_single_tokens(env):
         assert int((source == mask).sum()) == math.ceil(0.3 * (len(target) - 2))
 
 
-@pytest.mark.parametrize("mask_length,replace_length", [("span-poisson", -1), ("span-poisson", 1),
-                                                        ("span-poisson", 0), ("word", -1), ("subword", 0)])
+@pytest.mark.parametrize(
+    "mask_length,replace_length",
+    [("span-poisson", -1), ("span-poisson", 1), ("span-poisson", 0), ("word", -1), ("subword", 0)],
+)
 def test_spans_never_include_bos_or_eos(env, mask_length, replace_length):
     bos, eos = env.ids["bos_id"], env.ids["eos_id"]
     d = env.denoiser(mask_ratio=1.0, mask_length=mask_length, replace_length=replace_length, random_ratio=0.5)
@@ -600,12 +672,17 @@ def test_collate(env):
     attention = torch.zeros((4, width), dtype=torch.bool)
     for lane, c in enumerate(chosen):
         seg = c[2] if c is not None else np.array([bos, eos])
-        input_ids[lane, :len(seg)] = torch.from_numpy(seg)
-        attention[lane, :len(seg)] = True
-    batch = {"input_ids": input_ids, "attention_mask": attention, "valid": torch.tensor([True, True, False, True]),
-             "resets": torch.tensor([True, False, False, False]),
-             "doc_ids": [c[0] if c else "" for c in chosen], "epoch": 3,
-             "segment_index": torch.tensor([c[1] if c else -1 for c in chosen])}
+        input_ids[lane, : len(seg)] = torch.from_numpy(seg)
+        attention[lane, : len(seg)] = True
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "valid": torch.tensor([True, True, False, True]),
+        "resets": torch.tensor([True, False, False, False]),
+        "doc_ids": [c[0] if c else "" for c in chosen],
+        "epoch": 3,
+        "segment_index": torch.tensor([c[1] if c else -1 for c in chosen]),
+    }
     out = d.collate(batch)
     assert set(batch) <= set(out) and out["input_ids"] is input_ids
     assert "source_ids" not in batch  # the loader's dict is left alone
@@ -620,19 +697,30 @@ def test_collate(env):
     assert src[2, :2].tolist() == [bos, eos] and int(lengths[2]) == 2
     for lane in (0, 1, 3):
         doc, seg_index, seg = chosen[lane]
-        assert torch.equal(labels[lane, :len(seg)], torch.from_numpy(seg))
+        assert torch.equal(labels[lane, : len(seg)], torch.from_numpy(seg))
         expected = d.noise(seg, epoch=3, doc_id=doc, segment_index=seg_index)
-        assert src[lane, :int(lengths[lane])].tolist() == expected.tolist()
+        assert src[lane, : int(lengths[lane])].tolist() == expected.tolist()
         assert not np.array_equal(expected, seg)  # it was noised
     assert d(batch)["source_ids"].tolist() == src.tolist()  # usable as the loader's transform
 
 
 # --------------------------------------------------------------------------------------- validation
-@pytest.mark.parametrize("field,value", [
-    ("mask_ratio", 1.5), ("mask_ratio", -0.1), ("random_ratio", 2), ("insert_ratio", -1.0),
-    ("rotate_ratio", "0.5"), ("permute_sentence_ratio", 1.01), ("replace_length", 2), ("replace_length", True),
-    ("mask_length", "span"), ("poisson_lambda", 0.0), ("poisson_lambda", 100.0),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("mask_ratio", 1.5),
+        ("mask_ratio", -0.1),
+        ("random_ratio", 2),
+        ("insert_ratio", -1.0),
+        ("rotate_ratio", "0.5"),
+        ("permute_sentence_ratio", 1.01),
+        ("replace_length", 2),
+        ("replace_length", True),
+        ("mask_length", "span"),
+        ("poisson_lambda", 0.0),
+        ("poisson_lambda", 100.0),
+    ],
+)
 def test_config_validation(field, value):
     with pytest.raises(ValueError, match=field):
         DenoisingConfig(**{field: value})
@@ -652,16 +740,18 @@ def test_denoiser_validation(env):
     with pytest.raises(ValueError, match="vocab_size"):
         BartDenoiser(DenoisingConfig(), env.tables, vocab_size=10, seed=0, **env.ids)
     with pytest.raises(ValueError, match="mask_id"):
-        BartDenoiser(DenoisingConfig(), env.tables, vocab_size=len(env.tokenizer), seed=0,
-                     **{**env.ids, "mask_id": 10**6})
+        BartDenoiser(
+            DenoisingConfig(), env.tables, vocab_size=len(env.tokenizer), seed=0, **{**env.ids, "mask_id": 10**6}
+        )
     d = env.denoiser()
     with pytest.raises(ValueError, match="<s>"):
         d.noise(np.array([5, 6, env.ids["eos_id"]]), epoch=0, doc_id="x", segment_index=0)
     with pytest.raises(ValueError, match="outside"):
         d.noise(np.array([env.ids["bos_id"], 10**6, env.ids["eos_id"]]), epoch=0, doc_id="x", segment_index=0)
     # A larger (padded) embedding is fine: random tokens still come from the real vocabulary.
-    wide = BartDenoiser(DenoisingConfig(random_ratio=1.0), env.tables, vocab_size=len(env.tokenizer) + 64,
-                        seed=0, **env.ids)
+    wide = BartDenoiser(
+        DenoisingConfig(random_ratio=1.0), env.tables, vocab_size=len(env.tokenizer) + 64, seed=0, **env.ids
+    )
     for _, source in env.run(wide)[:20]:
         assert source.max() < len(env.tokenizer)
 

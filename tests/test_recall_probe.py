@@ -1,4 +1,5 @@
 """The recall probe (memformers.recall) that `make demo` reports: which facts it probes, and what it returns."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,8 @@ def test_probes_every_fact_recalled_min_gap_segments_later(untrained, synthetic_
     facts = {(f["key"], f["value"]) for d in docs for f in d["facts"]}
     assert result.examples and all((e["key"], e["value"]) in facts for e in result.examples)
     assert all(e["segments_after_statement"] >= 2 for e in result.examples)
-    assert all(e["predicted_with_memory"] in values and e["predicted_without_memory"] in values
-               for e in result.examples)
+    assert all(
+        e["predicted_with_memory"] in values and e["predicted_without_memory"] in values for e in result.examples
+    )
     assert not model.training  # the probe puts the model in eval mode (no dropout in the scores)
     assert recall_probe(model, tokenizer, docs, segment_length=SEGMENT_LENGTH, values=values, min_gap=50).facts == 0
-

@@ -6,9 +6,20 @@ import torch
 from memformers.models.membart import MemBartConfig, MemBartForConditionalGeneration
 from memformers.training.recurrence import decoder_inputs, loss_weights, run_rollout, segment_forward
 
-CFG = dict(vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-           decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64,
-           memory_len=4, dropout=0.1, init_std=0.1)
+CFG = dict(
+    vocab_size=64,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    max_position_embeddings=64,
+    memory_len=4,
+    dropout=0.1,
+    init_std=0.1,
+)
 LANES, PAD, START = 3, 1, 2
 
 
@@ -29,9 +40,16 @@ def make_segments(count: int, seed: int = 0) -> list[dict]:
         mask[2, 7:] = False
         labels = ids.masked_fill(~mask, -100)
         labels[1] = -100  # lane 1 is a padding lane
-        segments.append({"source_ids": source, "source_mask": mask, "labels": labels,
-                         "resets": torch.tensor([t == 0, t == 0, t == 2]), "valid": torch.tensor([True, False, True]),
-                         "segment_index": torch.tensor([t, -1, t % 2])})
+        segments.append(
+            {
+                "source_ids": source,
+                "source_mask": mask,
+                "labels": labels,
+                "resets": torch.tensor([t == 0, t == 0, t == 2]),
+                "valid": torch.tensor([True, False, True]),
+                "segment_index": torch.tensor([t, -1, t % 2]),
+            }
+        )
     return segments
 
 
@@ -51,7 +69,9 @@ def test_decoder_inputs_shift_labels_right():
 def test_segment_forward_counts_only_target_tokens():
     model = make_model()
     seg = make_segments(1)[0]
-    loss, tokens, memory = segment_forward(model, seg, model.construct_memory(LANES), pad_id=PAD, decoder_start_id=START)
+    loss, tokens, memory = segment_forward(
+        model, seg, model.construct_memory(LANES), pad_id=PAD, decoder_start_id=START
+    )
     assert tokens.tolist() == [10, 0, 7]
     assert loss[1].item() == 0.0 and loss[0].item() > 0
     assert memory.shape == (LANES, CFG["memory_len"], CFG["d_model"])
@@ -61,8 +81,9 @@ def rollout_grads(replay: bool, weighting: str = "exponential"):
     model = make_model()
     torch.manual_seed(123)  # dropout draws: identical in both modes (checkpointing restores the RNG on recompute)
     memory = torch.randn(LANES, CFG["memory_len"], CFG["d_model"])
-    result = run_rollout(model, make_segments(4), memory, loss_weights(4, weighting), replay=replay,
-                         pad_id=PAD, decoder_start_id=START)
+    result = run_rollout(
+        model, make_segments(4), memory, loss_weights(4, weighting), replay=replay, pad_id=PAD, decoder_start_id=START
+    )
     result.loss.backward()
     return result, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -97,8 +118,15 @@ def test_gradient_flows_back_through_memory_to_earlier_segments():
         embeddings.append(out)
 
     handle = model.model.encoder.embed_tokens.register_forward_hook(keep)
-    result = run_rollout(model, segments, model.construct_memory(LANES), loss_weights(3, "uniform"), replay=False,
-                         pad_id=PAD, decoder_start_id=START)
+    result = run_rollout(
+        model,
+        segments,
+        model.construct_memory(LANES),
+        loss_weights(3, "uniform"),
+        replay=False,
+        pad_id=PAD,
+        decoder_start_id=START,
+    )
     result.loss.backward()
     handle.remove()
     assert embeddings[0].grad is not None and embeddings[0].grad[0].abs().sum() > 0

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from launch import REPO, cpu_env
 from slurm_cluster import SlurmCluster
 
@@ -53,16 +52,46 @@ def corpus(tmp_path_factory) -> Path:
 def shards(tmp_path_factory, corpus: Path) -> Path:
     """A tiny SHARD_DIR made by the real data scripts (tokenizer trained on the corpus)."""
     root = tmp_path_factory.mktemp("slurm-data")
-    _run([PY, "data_prep/train_tokenizer.py", "--input", str(corpus), "--vocab-size", "600", "--output",
-          str(root / "tok"), "--no-progress"])
-    _run([PY, "data_prep/shard_documents.py", "--input", str(corpus), "--tokenizer", str(root / "tok"), "--output",
-          str(root / "shards"), "--segment-length", "48", "--val-fraction", "0.1", "--workers", "0", "--no-progress"])
+    _run(
+        [
+            PY,
+            "data_prep/train_tokenizer.py",
+            "--input",
+            str(corpus),
+            "--vocab-size",
+            "600",
+            "--output",
+            str(root / "tok"),
+            "--no-progress",
+        ]
+    )
+    _run(
+        [
+            PY,
+            "data_prep/shard_documents.py",
+            "--input",
+            str(corpus),
+            "--tokenizer",
+            str(root / "tok"),
+            "--output",
+            str(root / "shards"),
+            "--segment-length",
+            "48",
+            "--val-fraction",
+            "0.1",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     return root / "shards"
 
 
 def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=REPO, env=cpu_env(), capture_output=True, text=True, timeout=300, **kwargs)
-    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc
 
 
@@ -77,12 +106,17 @@ def train_steps(run_dir: Path) -> list[int]:
 
 
 def node_logs(run_dir: Path, job_id: int, attempt: int) -> dict[str, str]:
-    return {p.name: p.read_text(errors="replace") for p in sorted((run_dir / "logs").glob(f"job{job_id}.attempt{attempt}.node*.log"))}
+    return {
+        p.name: p.read_text(errors="replace")
+        for p in sorted((run_dir / "logs").glob(f"job{job_id}.attempt{attempt}.node*.log"))
+    }
 
 
 def context(cluster: SlurmCluster, run_dir: Path, job_out: Path) -> str:
     """Everything useful when an assertion fails: the job's output, the node logs, the daemons' logs."""
-    parts = [f"--- {job_out.name}\n{job_out.read_text(errors='replace')[-4000:]}" if job_out.is_file() else "(no job output)"]
+    parts = [
+        f"--- {job_out.name}\n{job_out.read_text(errors='replace')[-4000:]}" if job_out.is_file() else "(no job output)"
+    ]
     for log in sorted((run_dir / "logs").glob("*.log")) if (run_dir / "logs").is_dir() else []:
         parts.append(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
     parts.append(cluster.diagnostics(1500))
@@ -92,10 +126,28 @@ def context(cluster: SlurmCluster, run_dir: Path, job_out: Path) -> str:
 @pytest.mark.distributed
 def test_pretrain_two_nodes_trains_and_checkpoints(cluster: SlurmCluster, shards: Path, tmp_path: Path):
     run_dir, job_out = tmp_path / "run", tmp_path / "slurm-%j.out"
-    cmd = ["sbatch", "--wait", "--parsable", "-N", "2", "--partition", cluster.partition, "--gpus-per-node=0",
-           "--time=02:00:00", "-J", "test-2node", "-o", str(job_out),
-           "slurm/pretrain.sh", TINY, f"run_dir={run_dir}", f"data.path={shards}", "train.max_steps=6",
-           "checkpoint.every_steps=2", *TRAIN_ARGS]
+    cmd = [
+        "sbatch",
+        "--wait",
+        "--parsable",
+        "-N",
+        "2",
+        "--partition",
+        cluster.partition,
+        "--gpus-per-node=0",
+        "--time=02:00:00",
+        "-J",
+        "test-2node",
+        "-o",
+        str(job_out),
+        "slurm/pretrain.sh",
+        TINY,
+        f"run_dir={run_dir}",
+        f"data.path={shards}",
+        "train.max_steps=6",
+        "checkpoint.every_steps=2",
+        *TRAIN_ARGS,
+    ]
     proc = cluster.run(cmd, env=job_env(cluster), timeout=300, check=False)
     job_id = int(proc.stdout.strip().split(";")[0]) if proc.stdout.strip() else -1
     job_out = tmp_path / f"slurm-{job_id}.out"
@@ -128,10 +180,27 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster: SlurmCluster, shar
     submit_dir = tmp_path / "submit"
     submit_dir.mkdir()
     run_dir = submit_dir / "runs" / "test-preempt"
-    cmd = ["sbatch", "--parsable", "-N", "2", "--partition", cluster.partition, "--gpus-per-node=0",
-           "--time=02:00:00", "-J", "test-preempt", "-o", str(submit_dir / "slurm-%j.out"),
-           str(REPO / "slurm" / "pretrain.sh"), str(REPO / TINY), f"deepspeed={REPO / 'ds_configs' / 'zero2.json'}",
-           f"data.path={shards}", f"train.max_steps={max_steps}", "checkpoint.every_steps=100", *TRAIN_ARGS]
+    cmd = [
+        "sbatch",
+        "--parsable",
+        "-N",
+        "2",
+        "--partition",
+        cluster.partition,
+        "--gpus-per-node=0",
+        "--time=02:00:00",
+        "-J",
+        "test-preempt",
+        "-o",
+        str(submit_dir / "slurm-%j.out"),
+        str(REPO / "slurm" / "pretrain.sh"),
+        str(REPO / TINY),
+        f"deepspeed={REPO / 'ds_configs' / 'zero2.json'}",
+        f"data.path={shards}",
+        f"train.max_steps={max_steps}",
+        "checkpoint.every_steps=100",
+        *TRAIN_ARGS,
+    ]
     proc = cluster.run(cmd, env=job_env(cluster), cwd=submit_dir)
     job_id = int(proc.stdout.strip().split(";")[0])
     job_out = submit_dir / f"slurm-{job_id}.out"
@@ -142,14 +211,21 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster: SlurmCluster, shar
             metrics = run_dir / "metrics.jsonl"
             if metrics.is_file() and len(train_steps(run_dir)) >= 2:
                 break
-            assert cluster.job(job_id).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING"), context(cluster, run_dir, job_out)
+            assert cluster.job(job_id).get("JobState") in ("PENDING", "RUNNING", "CONFIGURING"), context(
+                cluster, run_dir, job_out
+            )
             time.sleep(0.3)
         else:
             raise AssertionError(f"no training steps within 180 s\n{context(cluster, run_dir, job_out)}")
         cluster.run(["scancel", "--signal=USR1", "--batch", str(job_id)])
 
-        job = cluster.wait_job(job_id, lambda j: j.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
-                                                                       "NODE_FAIL", "OUT_OF_MEMORY"), timeout=300)
+        job = cluster.wait_job(
+            job_id,
+            lambda j: (
+                j.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+            ),
+            timeout=300,
+        )
     finally:
         cluster.run(["scancel", str(job_id)], check=False)
     where = context(cluster, run_dir, job_out)
@@ -176,7 +252,7 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster: SlurmCluster, shar
 
 # A stand-in for data_prep/shard_documents.py with the slice interface prepare_data.sh drives (--num-slices N
 # --slice-index I | --merge): records what each task was asked, merges by checking every slice is there.
-STUB_SHARDER = r'''
+STUB_SHARDER = r"""
 import argparse, json, os, sys
 from pathlib import Path
 if "--help" in sys.argv:
@@ -198,20 +274,32 @@ if a.merge:
     if missing:
         sys.exit(f"missing slices {missing}")
     slices = [json.loads((parts / f"{i}.json").read_text()) for i in range(a.num_slices)]
-    (Path(a.output) / "manifest.json").write_text(json.dumps({"slices": slices, "merge_job": os.environ["SLURM_JOB_ID"]}))
+    merged = {"slices": slices, "merge_job": os.environ["SLURM_JOB_ID"]}
+    (Path(a.output) / "manifest.json").write_text(json.dumps(merged))
     sys.exit(0)
 if str(a.slice_index) == os.environ.get("STUB_FAIL_SLICE"):
     sys.exit(f"slice {a.slice_index}: failing on purpose")
 (parts / f"{a.slice_index}.json").write_text(json.dumps({
     "index": a.slice_index, "of": a.num_slices, "workers": a.workers, "inputs": a.input, "rest": rest,
     "array_job": os.environ.get("SLURM_ARRAY_JOB_ID"), "task": os.environ.get("SLURM_ARRAY_TASK_ID")}))
-'''
+"""
 
 
-def prepare_data(cluster: SlurmCluster, cwd: Path, slices: int, shard_args: list[str], env: dict,
-                 timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [str(REPO / "slurm" / "prepare_data.sh"), "--slices", str(slices), "--wait", "--partition",
-           cluster.partition, "--cpus-per-task=1", "--time=01:00:00", "--", *shard_args]
+def prepare_data(
+    cluster: SlurmCluster, cwd: Path, slices: int, shard_args: list[str], env: dict, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    cmd = [
+        str(REPO / "slurm" / "prepare_data.sh"),
+        "--slices",
+        str(slices),
+        "--wait",
+        "--partition",
+        cluster.partition,
+        "--cpus-per-task=1",
+        "--time=01:00:00",
+        "--",
+        *shard_args,
+    ]
     return cluster.run(cmd, env=env, cwd=cwd, timeout=timeout, check=False)
 
 
@@ -229,8 +317,9 @@ def test_prepare_data_array_then_merge(cluster: SlurmCluster, tmp_path: Path):
     assert [s["index"] for s in slices] == [0, 1, 2] and all(s["of"] == 3 for s in slices)
     assert [s["task"] for s in slices] == ["0", "1", "2"] and len({s["array_job"] for s in slices}) == 1
     assert all(s["workers"] == 1 for s in slices)  # --workers from the task's --cpus-per-task
-    assert all(s["inputs"] == ["corpus/a.jsonl", "corpus/b.jsonl"] and s["rest"] == ["--segment-length", "48"]
-               for s in slices)
+    assert all(
+        s["inputs"] == ["corpus/a.jsonl", "corpus/b.jsonl"] and s["rest"] == ["--segment-length", "48"] for s in slices
+    )
     merge = cluster.job(int(manifest["merge_job"]))
     assert merge["JobState"] == "COMPLETED" and merge["Dependency"] == "(null)", merge
     logs = sorted(p.name for p in tmp_path.glob("slurm-*.out"))
@@ -246,19 +335,53 @@ def test_prepare_data_array_then_merge(cluster: SlurmCluster, tmp_path: Path):
 
 def _digests(shard_dir: Path) -> dict[str, str]:
     """sha256 of every file under a SHARD_DIR (shards, index.npy, manifest.json, tokenizer copy)."""
-    return {p.relative_to(shard_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(shard_dir.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(shard_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(shard_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_prepare_data_matches_single_process(cluster: SlurmCluster, corpus: Path, tmp_path: Path):
     """The real data scripts: 2 slices + merge give the SHARD_DIR one shard_documents.py run gives, byte for byte."""
     tok = tmp_path / "tok"
-    _run([PY, "data_prep/train_tokenizer.py", "--input", str(corpus), "--vocab-size", "600", "--output", str(tok),
-          "--no-progress"])
-    common = ["--input", str(corpus), "--tokenizer", str(tok), "--segment-length", "48", "--val-fraction", "0.1",
-              "--docs-per-shard", "8"]
-    _run([PY, "data_prep/shard_documents.py", *common, "--output", str(tmp_path / "single"), "--workers", "0",
-          "--no-progress"])
+    _run(
+        [
+            PY,
+            "data_prep/train_tokenizer.py",
+            "--input",
+            str(corpus),
+            "--vocab-size",
+            "600",
+            "--output",
+            str(tok),
+            "--no-progress",
+        ]
+    )
+    common = [
+        "--input",
+        str(corpus),
+        "--tokenizer",
+        str(tok),
+        "--segment-length",
+        "48",
+        "--val-fraction",
+        "0.1",
+        "--docs-per-shard",
+        "8",
+    ]
+    _run(
+        [
+            PY,
+            "data_prep/shard_documents.py",
+            *common,
+            "--output",
+            str(tmp_path / "single"),
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     proc = prepare_data(cluster, tmp_path, 2, [*common, "--output", str(tmp_path / "sliced")], cpu_env(PYTHON=PY))
     logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("slurm-*.out")))
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}\n{logs}"

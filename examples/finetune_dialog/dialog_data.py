@@ -48,8 +48,10 @@ def load_dialogues(path: str | Path) -> dict[str, list[dict]]:
         for index, turn in enumerate(turns):
             missing = [key for key in TURN_KEYS if key not in turn] if isinstance(turn, dict) else list(TURN_KEYS)
             if missing:
-                raise DialogDataError(f"{path}: dialogue {dial_id!r}, turn #{index}: missing key(s) "
-                                      f"{', '.join(missing)} (each turn needs {', '.join(TURN_KEYS)})")
+                raise DialogDataError(
+                    f"{path}: dialogue {dial_id!r}, turn #{index}: missing key(s) "
+                    f"{', '.join(missing)} (each turn needs {', '.join(TURN_KEYS)})"
+                )
             if not isinstance(turn["text"], str) or not isinstance(turn["role"], str):
                 raise DialogDataError(f"{path}: dialogue {dial_id!r}, turn #{index}: `text` and `role` must be strings")
     return data
@@ -57,14 +59,14 @@ def load_dialogues(path: str | Path) -> dict[str, list[dict]]:
 
 def source_text(turns: list[dict], index: int, context_turns: int, next_role: str | None = None) -> str:
     """What the encoder reads before turn `index`: the last `context_turns` turns, then `next_role:`."""
-    window = turns[max(0, index - context_turns):index]
+    window = turns[max(0, index - context_turns) : index]
     role = next_role if next_role is not None else turns[index]["role"]
     return "\n".join([f"{turn['role']}: {turn['text']}" for turn in window] + [f"{role}:"])
 
 
 def encode_source(tokenizer, text: str, max_len: int) -> list[int]:
     """`<s> … </s>`; a context too long keeps its end (the newest words and the speaker prompt)."""
-    body = tokenizer(text, add_special_tokens=False).input_ids[-(max_len - 2):]
+    body = tokenizer(text, add_special_tokens=False).input_ids[-(max_len - 2) :]
     return [tokenizer.bos_token_id, *body, tokenizer.eos_token_id]
 
 
@@ -83,12 +85,19 @@ class Example:
     """Position of the target turn in its dialogue (1 = the dialogue's first example)."""
 
 
-def dialogue_examples(turns: list[dict], tokenizer, *, context_turns: int, max_source_len: int,
-                      max_target_len: int) -> list[Example]:
+def dialogue_examples(
+    turns: list[dict], tokenizer, *, context_turns: int, max_source_len: int, max_target_len: int
+) -> list[Example]:
     """The examples of one dialogue, in order: targets are turns 1 … n-1."""
-    return [Example(encode_source(tokenizer, source_text(turns, k, context_turns), max_source_len),
-                    encode_target(tokenizer, turns[k]["text"], max_target_len), str(turns[k]["dial_id"]), k)
-            for k in range(1, len(turns))]
+    return [
+        Example(
+            encode_source(tokenizer, source_text(turns, k, context_turns), max_source_len),
+            encode_target(tokenizer, turns[k]["text"], max_target_len),
+            str(turns[k]["dial_id"]),
+            k,
+        )
+        for k in range(1, len(turns))
+    ]
 
 
 class TurnStreams:
@@ -103,11 +112,22 @@ class TurnStreams:
             moving straight on to the next pass, so there are no padding lanes.
     """
 
-    def __init__(self, dialogues: list[list[Example]], lanes: int, *, pad_id: int, bos_id: int, eos_id: int,
-                 seed: int = 0, epochs: int | None = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        dialogues: list[list[Example]],
+        lanes: int,
+        *,
+        pad_id: int,
+        bos_id: int,
+        eos_id: int,
+        seed: int = 0,
+        epochs: int | None = 1,
+        shuffle: bool = True,
+    ):
         if not dialogues:
-            raise DialogDataError("no dialogues to stream (is the file empty, or was it split over more ranks "
-                                  "than it has dialogues?)")
+            raise DialogDataError(
+                "no dialogues to stream (is the file empty, or was it split over more ranks than it has dialogues?)"
+            )
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.dialogues, self.lanes, self.epochs, self.shuffle = dialogues, lanes, epochs, shuffle

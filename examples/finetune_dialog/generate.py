@@ -1,7 +1,7 @@
 """Generate the next reply of a dialogue with MemBART, the memory carried over all its previous turns.
 
-    python examples/finetune_dialog/generate.py --model runs/dialog --data examples/finetune_dialog/data/sample_dialogs.json \
-        --dialogue sample_0 --upto 16 [--no-memory]
+    python examples/finetune_dialog/generate.py --model runs/dialog \
+        --data examples/finetune_dialog/data/sample_dialogs.json --dialogue sample_0 --upto 16 [--no-memory]
 
 The encoder walks the dialogue exactly as training did (dialog_data.py): one example per turn, each reading the last
 `context_turns` turns and updating the memory; the last example reads the newest turns plus the prompt `role:` of
@@ -31,8 +31,10 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json: pass a directory written by pretrain/export_hf.py "
-                                f"or by this example's train.py")
+        raise FileNotFoundError(
+            f"{path} has no config.json: pass a directory written by pretrain/export_hf.py "
+            f"or by this example's train.py"
+        )
     model = AutoModelForSeq2SeqLM.from_pretrained(str(path), trust_remote_code=True, dtype=dtype)
     if not hasattr(model, "construct_memory"):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a MemBART (no construct_memory)")
@@ -53,8 +55,16 @@ def _source(tokenizer, text: str, max_source_len: int, device) -> tuple[torch.Te
 
 
 @torch.no_grad()
-def encode_dialogue(model, tokenizer, turns: list[dict], next_role: str, *, use_memory: bool = True,
-                    context_turns: int = 1, max_source_len: int = 128):
+def encode_dialogue(
+    model,
+    tokenizer,
+    turns: list[dict],
+    next_role: str,
+    *,
+    use_memory: bool = True,
+    context_turns: int = 1,
+    max_source_len: int = 128,
+):
     """The encoder outputs from which the reply to `turns` is decoded (their `memory_states` included).
 
     With `use_memory`, examples 1 … n-1 of the dialogue run first, each updating the memory, as in training;
@@ -65,11 +75,19 @@ def encode_dialogue(model, tokenizer, turns: list[dict], next_role: str, *, use_
     if use_memory:
         for k in range(1, len(turns)):
             ids, mask = _source(tokenizer, source_text(turns, k, context_turns), max_source_len, device)
-            memory = encoder(input_ids=ids, attention_mask=mask, memory_states=memory,
-                             memory_resets=torch.tensor([k == 1], device=device)).memory_states
+            memory = encoder(
+                input_ids=ids,
+                attention_mask=mask,
+                memory_states=memory,
+                memory_resets=torch.tensor([k == 1], device=device),
+            ).memory_states
     ids, mask = _source(tokenizer, source_text(turns, len(turns), context_turns, next_role), max_source_len, device)
-    return encoder(input_ids=ids, attention_mask=mask, memory_states=memory,
-                   memory_resets=torch.tensor([not use_memory], device=device))
+    return encoder(
+        input_ids=ids,
+        attention_mask=mask,
+        memory_states=memory,
+        memory_resets=torch.tensor([not use_memory], device=device),
+    )
 
 
 def default_next_role(turns: list[dict]) -> str:
@@ -80,17 +98,34 @@ def default_next_role(turns: list[dict]) -> str:
 
 
 @torch.no_grad()
-def generate_reply(model, tokenizer, turns: list[dict], *, next_role: str | None = None, use_memory: bool = True,
-                   context_turns: int = 1, max_source_len: int = 128, max_new_tokens: int = 40,
-                   num_beams: int = 1) -> str:
+def generate_reply(
+    model,
+    tokenizer,
+    turns: list[dict],
+    *,
+    next_role: str | None = None,
+    use_memory: bool = True,
+    context_turns: int = 1,
+    max_source_len: int = 128,
+    max_new_tokens: int = 40,
+    num_beams: int = 1,
+) -> str:
     """The next turn's text after `turns`, decoded greedily (or with beams) with the memory of the dialogue."""
     model.eval()
-    encoded = encode_dialogue(model, tokenizer, turns, next_role or default_next_role(turns), use_memory=use_memory,
-                              context_turns=context_turns, max_source_len=max_source_len)
+    encoded = encode_dialogue(
+        model,
+        tokenizer,
+        turns,
+        next_role or default_next_role(turns),
+        use_memory=use_memory,
+        context_turns=context_turns,
+        max_source_len=max_source_len,
+    )
     # max_length counts the decoder start token: this is max_new_tokens (without clashing with the saved config's
     # max_length, which transformers warns about)
-    output = model.generate(encoder_outputs=encoded, max_length=max_new_tokens + 1, num_beams=num_beams,
-                            do_sample=False)
+    output = model.generate(
+        encoder_outputs=encoded, max_length=max_new_tokens + 1, num_beams=num_beams, do_sample=False
+    )
     return tokenizer.decode(output[0], skip_special_tokens=True).strip()
 
 
@@ -122,9 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     for turn in history[-4:]:
         print(f"{turn['role']}: {turn['text']}")
     role = args.role or default_next_role(history)
-    reply = generate_reply(model, tokenizer, history, next_role=role, use_memory=not args.no_memory,
-                           max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                           **dialog_settings(args.model))
+    reply = generate_reply(
+        model,
+        tokenizer,
+        history,
+        next_role=role,
+        use_memory=not args.no_memory,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        **dialog_settings(args.model),
+    )
     print(f"{role} (generated{', no memory' if args.no_memory else ''}): {reply}")
     if upto < len(turns):
         print(f"{turns[upto]['role']} (reference): {turns[upto]['text']}")

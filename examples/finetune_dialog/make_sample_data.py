@@ -67,8 +67,16 @@ def make_dialogues(count: int, seed: int) -> dict[str, list[dict]]:
         dial_id = f"sample_{index}"
         turns = []
         for session, lines in ((1, session_one(rng, *facts)), (2, session_two(rng, *facts))):
-            turns += [{"dial_id": dial_id, "turn_id": turn_id, "text": text, "role": SPEAKERS[turn_id % 2],
-                       "session": session} for turn_id, text in enumerate(lines)]
+            turns += [
+                {
+                    "dial_id": dial_id,
+                    "turn_id": turn_id,
+                    "text": text,
+                    "role": SPEAKERS[turn_id % 2],
+                    "session": session,
+                }
+                for turn_id, text in enumerate(lines)
+            ]
         dialogues[dial_id] = turns
     return dialogues
 

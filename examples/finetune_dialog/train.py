@@ -48,20 +48,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--lanes", type=int, default=4, help="dialogues side by side (per rank): the micro batch")
     p.add_argument("--time-horizon", type=int, default=4, help="examples per lane in one rollout (BPTT length)")
-    p.add_argument("--context-turns", type=int, default=1, help="turns the encoder reads per example; older "
-                   "turns reach the model only through the memory")
+    p.add_argument(
+        "--context-turns",
+        type=int,
+        default=1,
+        help="turns the encoder reads per example; older turns reach the model only through the memory",
+    )
     p.add_argument("--max-source-len", type=int, default=128, help="encoder tokens per example, <s></s> included")
     p.add_argument("--max-target-len", type=int, default=64, help="reply tokens per example, <s></s> included")
     p.add_argument("--engine", choices=("torch", "deepspeed"), default="torch")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="with --engine torch (DeepSpeed places the model itself)")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="with --engine torch (DeepSpeed places the model itself)",
+    )
     p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=2, help="with --engine deepspeed")
-    p.add_argument("--bf16", action="store_true", help="bf16 weights and compute (--engine deepspeed only); the "
-                   "saved model is then bf16")
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 weights and compute (--engine deepspeed only); the saved model is then bf16",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--sample", action="store_true", help="after training, print a reply generated with and "
-                   "without memory for the last turn of the first dialogue")
+    p.add_argument(
+        "--sample",
+        action="store_true",
+        help="after training, print a reply generated with and without memory for the last turn of the first dialogue",
+    )
     args = p.parse_args(argv)
     if args.bf16 and args.engine != "deepspeed":
         p.error("--bf16 needs --engine deepspeed")
@@ -97,12 +110,18 @@ def run_rollout(model, batches: list[dict], memory: torch.Tensor, *, pad_id: int
     loss_sum, tokens = 0.0, 0
     for batch in batches:
         labels = batch["labels"]
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], memory_states=memory,
-                    memory_resets=batch["resets"], decoder_input_ids=decoder_inputs(labels, pad_id, start_id),
-                    use_cache=False)
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            memory_states=memory,
+            memory_resets=batch["resets"],
+            decoder_input_ids=decoder_inputs(labels, pad_id, start_id),
+            use_cache=False,
+        )
         # summed, not averaged per example: padding lanes and short replies must not be up-weighted
-        loss_sum = loss_sum + F.cross_entropy(out.logits.float().transpose(1, 2), labels, ignore_index=-100,
-                                              reduction="sum")
+        loss_sum = loss_sum + F.cross_entropy(
+            out.logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum"
+        )
         tokens += int((labels != -100).sum())
         memory = out.memory_states
     return Rollout(loss_sum / max(tokens, 1), memory.detach(), tokens)
@@ -158,13 +177,22 @@ class DeepSpeedEngine:
             "zero_optimization": {"stage": args.zero_stage},
             "bf16": {"enabled": args.bf16},
             # DeepSpeed's fused Adam is a CUDA kernel; on CPU the torch implementation is the one that runs
-            "optimizer": {"type": "AdamW", "params": {"lr": args.lr, "weight_decay": args.weight_decay,
-                                                      **({"torch_adam": True} if on_cpu else {})}},
+            "optimizer": {
+                "type": "AdamW",
+                "params": {
+                    "lr": args.lr,
+                    "weight_decay": args.weight_decay,
+                    **({"torch_adam": True} if on_cpu else {}),
+                },
+            },
             "steps_per_print": 10**9,
         }
         self.engine, *_ = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=config,
-            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, warmup(args.warmup)))
+            model=model,
+            model_parameters=model.parameters(),
+            config=config,
+            lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, warmup(args.warmup)),
+        )
         self.module = self.engine.module
         self.rank, self.world_size = torch.distributed.get_rank(), torch.distributed.get_world_size()
         self.zero_stage = args.zero_stage
@@ -182,8 +210,9 @@ class DeepSpeedEngine:
         """Full weights on every rank while saving: ZeRO-3 keeps only a partition of each parameter (collective)."""
         import deepspeed
 
-        return deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None,
-                                                 enabled=self.zero_stage == 3)
+        return deepspeed.zero.GatheredParameters(
+            list(self.module.parameters()), modifier_rank=None, enabled=self.zero_stage == 3
+        )
 
 
 def _default_dist_env() -> None:
@@ -207,14 +236,29 @@ def build_streams(args, tokenizer, config, rank: int, world_size: int, epochs: i
     """This rank's dialogues (every world_size-th one) as lane streams; sources and replies sized for the model."""
     max_positions = config.max_position_embeddings
     if max(args.max_source_len, args.max_target_len) > max_positions:
-        raise DialogDataError(f"--max-source-len/--max-target-len must be <= the model's max_position_embeddings "
-                              f"({max_positions})")
+        raise DialogDataError(
+            f"--max-source-len/--max-target-len must be <= the model's max_position_embeddings ({max_positions})"
+        )
     dialogues = list(load_dialogues(args.data).values())[rank::world_size]
-    examples = [dialogue_examples(turns, tokenizer, context_turns=args.context_turns,
-                                  max_source_len=args.max_source_len, max_target_len=args.max_target_len)
-                for turns in dialogues]
-    return TurnStreams(examples, args.lanes, pad_id=config.pad_token_id, bos_id=tokenizer.bos_token_id,
-                       eos_id=tokenizer.eos_token_id, seed=args.seed + rank, epochs=epochs)
+    examples = [
+        dialogue_examples(
+            turns,
+            tokenizer,
+            context_turns=args.context_turns,
+            max_source_len=args.max_source_len,
+            max_target_len=args.max_target_len,
+        )
+        for turns in dialogues
+    ]
+    return TurnStreams(
+        examples,
+        args.lanes,
+        pad_id=config.pad_token_id,
+        bos_id=tokenizer.bos_token_id,
+        eos_id=tokenizer.eos_token_id,
+        seed=args.seed + rank,
+        epochs=epochs,
+    )
 
 
 def to_device(batch: dict, device) -> dict:
@@ -237,13 +281,22 @@ def train(args) -> list[dict]:
     history = []
     for step in range(1, args.steps + 1):
         started = time.perf_counter()
-        rollout = run_rollout(engine, [to_device(next(batches), device) for _ in range(args.time_horizon)], memory,
-                              pad_id=config.pad_token_id, start_id=config.decoder_start_token_id)
+        rollout = run_rollout(
+            engine,
+            [to_device(next(batches), device) for _ in range(args.time_horizon)],
+            memory,
+            pad_id=config.pad_token_id,
+            start_id=config.decoder_start_token_id,
+        )
         engine.backward(rollout.loss)
         engine.step()
         memory = rollout.memory
-        record = {"step": step, "loss": rollout.loss.item(), "tokens": rollout.tokens,
-                  "step_time_s": round(time.perf_counter() - started, 4)}
+        record = {
+            "step": step,
+            "loss": rollout.loss.item(),
+            "tokens": rollout.tokens,
+            "step_time_s": round(time.perf_counter() - started, 4),
+        }
         history.append(record)
         if log:
             log.write(json.dumps(record) + "\n")
@@ -269,10 +322,18 @@ def save(engine, tokenizer, args) -> None:
     for module_file in {ref.split(".")[0] + ".py" for ref in auto_map.values()}:
         if not (output / module_file).is_file():
             shutil.copyfile(Path(args.model) / module_file, output / module_file)
-    settings = {"context_turns": args.context_turns, "max_source_len": args.max_source_len,
-                "max_target_len": args.max_target_len, "finetuned_from": str(args.model), "data": str(args.data),
-                "steps": args.steps, "lr": args.lr, "lanes": args.lanes, "time_horizon": args.time_horizon,
-                "engine": args.engine}
+    settings = {
+        "context_turns": args.context_turns,
+        "max_source_len": args.max_source_len,
+        "max_target_len": args.max_target_len,
+        "finetuned_from": str(args.model),
+        "data": str(args.data),
+        "steps": args.steps,
+        "lr": args.lr,
+        "lanes": args.lanes,
+        "time_horizon": args.time_horizon,
+        "engine": args.engine,
+    }
     (output / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
     print(f"saved the finetuned model to {output}")
 
@@ -281,8 +342,11 @@ def print_sample(args) -> None:
     model, tokenizer = load_model(args.output)
     turns = next(iter(load_dialogues(args.data).values()))
     history, reference = turns[:-1], turns[-1]
-    kwargs = {"context_turns": args.context_turns, "max_source_len": args.max_source_len,
-              "next_role": reference["role"]}
+    kwargs = {
+        "context_turns": args.context_turns,
+        "max_source_len": args.max_source_len,
+        "next_role": reference["role"],
+    }
     print(f"{history[-1]['role']}: {history[-1]['text']}")
     print(f"  reference:       {reference['text']}")
     print(f"  with memory:     {generate_reply(model, tokenizer, history, **kwargs)}")

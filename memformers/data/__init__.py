@@ -22,11 +22,11 @@ from .errors import BadRecordError, DataError, ManifestError, ShardError, Tokeni
 from .format.manifest import INDEX_DTYPE, is_shard_dir, read_manifest
 from .format.reader import SplitReader
 from .format.samples import Sample
+from .prep.pipeline import split_of
 from .prep.segmenting import segment_ends
 from .prep.sharding import shard_documents
 from .prep.slices import IncompleteSlicesError
 from .prep.sources import Document, DocumentReader, ReadStats
-from .prep.pipeline import split_of
 from .prep.summary import ShardingSummary
 from .prep.tokenizer_training import TokenizerSummary, train_tokenizer
 from .prep.verify import DirCheck, ShardCheck, check_shard_dir, split_statistics

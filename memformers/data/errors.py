@@ -2,6 +2,7 @@
 
 Every message says what is wrong, where (file, line, field, shard) and what to do about it.
 """
+
 from __future__ import annotations
 
 

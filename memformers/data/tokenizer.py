@@ -6,6 +6,7 @@ The pipeline needs a *fast* (🤗 `tokenizers`-backed) tokenizer with BART's spe
 HF tokenizer directory with those special tokens (e.g. a downloaded `facebook/bart-base`) works too,
 with its own ids, which the manifest records.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,7 +38,7 @@ def ends_sentence(text: str) -> bool:
     return _SENTENCE_END.search(text) is not None
 
 
-def load_tokenizer(path_or_shard_dir: str | os.PathLike) -> "PreTrainedTokenizerBase":
+def load_tokenizer(path_or_shard_dir: str | os.PathLike) -> PreTrainedTokenizerBase:
     """Load a fast HF tokenizer from a tokenizer directory, a hub name or a SHARD_DIR.
 
     For a SHARD_DIR, loads its `tokenizer/` copy and checks it against the manifest's hash.

@@ -64,9 +64,15 @@ __all__ = [
 ]
 
 
-def export_checkpoint(run_dir: str | os.PathLike, out_dir: str | os.PathLike, tag: str | None = None,
-                      dtype: str = "fp32", force: bool = False, tokenizer: str | os.PathLike | None = None,
-                      tolerance: float = TOLERANCE) -> ExportReport:
+def export_checkpoint(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tag: str | None = None,
+    dtype: str = "fp32",
+    force: bool = False,
+    tokenizer: str | os.PathLike | None = None,
+    tolerance: float = TOLERANCE,
+) -> ExportReport:
     """
     Consolidate `RUN_DIR/checkpoints/<tag>` into a Hugging Face model directory OUT_DIR, check it, publish it.
 
@@ -115,17 +121,25 @@ def export_checkpoint(run_dir: str | os.PathLike, out_dir: str | os.PathLike, ta
 
     staging = out_dir.with_name(f".{out_dir.name}.export-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    save_export(exported, hf_tokenizer, staging, trainer_state, tag_dir.name, zero_stage,
-                max_length=generation_max_length(trainer_state, reference.config))
+    max_length = generation_max_length(trainer_state, reference.config)
+    save_export(exported, hf_tokenizer, staging, trainer_state, tag_dir.name, zero_stage, max_length=max_length)
     max_abs_diff, rounding = check_export(staging, expected, reference, hf_tokenizer)
     report = ExportReport(
-        out_dir=out_dir, tag=tag_dir.name, step=int(trainer_state.get("step", -1)),
-        tokens=int(trainer_state.get("tokens", 0)), dtype=dtype, zero_stage=zero_stage,
-        num_parameters=sum(p.numel() for p in reference.parameters()), max_abs_diff=max_abs_diff,
-        tolerance=tolerance, rounding_max_abs_diff=rounding, files=sorted(p.name for p in staging.iterdir()),
+        out_dir=out_dir,
+        tag=tag_dir.name,
+        step=int(trainer_state.get("step", -1)),
+        tokens=int(trainer_state.get("tokens", 0)),
+        dtype=dtype,
+        zero_stage=zero_stage,
+        num_parameters=sum(p.numel() for p in reference.parameters()),
+        max_abs_diff=max_abs_diff,
+        tolerance=tolerance,
+        rounding_max_abs_diff=rounding,
+        files=sorted(p.name for p in staging.iterdir()),
     )
     if not report.passed:
-        raise VerificationError(f"{report.summary()}\nThe export was NOT published; it is left in {staging} "
-                                f"for inspection.", report)
+        raise VerificationError(
+            f"{report.summary()}\nThe export was NOT published; it is left in {staging} for inspection.", report
+        )
     publish_dir(staging, out_dir)
     return report

@@ -86,18 +86,24 @@ Exported from `{tag}` of a `memformers` pretraining run on {datetime.date.today(
 """
 
 
-def training_rows(config: MemBartConfig, trainer_state: dict, tag: str, zero_stage: int,
-                  dtype: str) -> list[tuple[str, object]]:
+def training_rows(
+    config: MemBartConfig, trainer_state: dict, tag: str, zero_stage: int, dtype: str
+) -> list[tuple[str, object]]:
     """The rows of the card's training table (those the trainer state and config give), as (name, value)."""
     cfg = trainer_state.get("config") or {}
     train = cfg.get("train", {})
-    rows = [("checkpoint", tag), ("optimizer steps", trainer_state.get("step")),
-            ("training tokens", f"{int(trainer_state.get('tokens', 0)):,}"),
-            ("DeepSpeed config", f"{cfg.get('deepspeed')} (ZeRO-{zero_stage})"),
-            ("lanes per rank", cfg.get("data", {}).get("lanes")), ("time horizon", train.get("time_horizon")),
-            ("learning rate", train.get("lr")), ("memory slots", config.memory_len),
-            ("d_model / layers", f"{config.d_model} / {config.encoder_layers}+{config.decoder_layers}"),
-            ("exported weights", dtype.replace("torch.", ""))]
+    rows = [
+        ("checkpoint", tag),
+        ("optimizer steps", trainer_state.get("step")),
+        ("training tokens", f"{int(trainer_state.get('tokens', 0)):,}"),
+        ("DeepSpeed config", f"{cfg.get('deepspeed')} (ZeRO-{zero_stage})"),
+        ("lanes per rank", cfg.get("data", {}).get("lanes")),
+        ("time horizon", train.get("time_horizon")),
+        ("learning rate", train.get("lr")),
+        ("memory slots", config.memory_len),
+        ("d_model / layers", f"{config.d_model} / {config.encoder_layers}+{config.decoder_layers}"),
+        ("exported weights", dtype.replace("torch.", "")),
+    ]
     return [(name, value) for name, value in rows if value is not None]
 
 
@@ -106,9 +112,12 @@ def eval_table(last_eval: dict) -> str:
     evals = [(k, _fmt(last_eval[k])) for k in EVAL_KEYS if k in last_eval]
     if not evals:
         return "No evaluation was recorded."
-    return ("| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in evals)
-            + f"\n\nEvaluated at step {last_eval.get('step', '?')}. `memory_gain` = loss without memory − loss "
-            "with memory (positive: the memory helps).")
+    return (
+        "| metric | value |\n|---|---|\n"
+        + "\n".join(f"| {k} | {v} |" for k, v in evals)
+        + f"\n\nEvaluated at step {last_eval.get('step', '?')}. `memory_gain` = loss without memory − loss "
+        "with memory (positive: the memory helps)."
+    )
 
 
 def _fmt(value) -> str:

@@ -45,8 +45,10 @@ def consolidate_state_dict(tag_dir: Path) -> tuple[dict[str, torch.Tensor], int]
         stage = 3 if (tag_dir / ZERO3_MODEL_STATES).is_file() else zero_stage(tag_dir)
         return get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name), stage
     if not (tag_dir / MODEL_STATES).is_file():
-        raise ExportError(f"{tag_dir} holds no DeepSpeed model states ({MODEL_STATES} or "
-                          f"{ZERO3_MODEL_STATES}): the checkpoint is incomplete")
+        raise ExportError(
+            f"{tag_dir} holds no DeepSpeed model states ({MODEL_STATES} or "
+            f"{ZERO3_MODEL_STATES}): the checkpoint is incomplete"
+        )
     return stage0_state_dict(tag_dir), 0
 
 
@@ -77,9 +79,11 @@ def stage0_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
         masters = match_groups(names, groups, module)
         if masters is not None:
             return with_aliases(masters, module)
-    raise ExportError(f"{tag_dir}: cannot name the fp32 master weights of this ZeRO-0 checkpoint (its optimizer "
-                      f"parameter groups match neither the trainer's grouping nor the model's parameter order). "
-                      f"Write it with ZeRO stage >= 1, or without bf16/fp16.")
+    raise ExportError(
+        f"{tag_dir}: cannot name the fp32 master weights of this ZeRO-0 checkpoint (its optimizer "
+        f"parameter groups match neither the trainer's grouping nor the model's parameter order). "
+        f"Write it with ZeRO stage >= 1, or without bf16/fp16."
+    )
 
 
 def candidate_group_orders(model: MemBartForConditionalGeneration) -> list[list[list[str]]]:
@@ -144,8 +148,11 @@ def with_aliases(masters: dict[str, torch.Tensor], module: dict) -> dict[str, to
     state = {}
     for key, value in module.items():
         master = by_storage.get(value.data_ptr())
-        state[key] = master if master is not None and master.shape == value.shape else (
-            value.float() if value.is_floating_point() else value)
+        state[key] = (
+            master
+            if master is not None and master.shape == value.shape
+            else (value.float() if value.is_floating_point() else value)
+        )
     return state
 
 
@@ -166,8 +173,10 @@ def load_training_model(tag_dir: Path, state_dict: dict[str, torch.Tensor]) -> M
     result = model.load_state_dict(state_dict, strict=False)
     missing = sorted(set(result.missing_keys) - (TIED_WEIGHTS if "model.shared.weight" in state_dict else set()))
     if missing or result.unexpected_keys:
-        raise ExportError(f"{tag_dir}: the checkpoint's weights do not fit {MODEL_CONFIG} (missing "
-                          f"{missing[:8]}, unexpected {sorted(result.unexpected_keys)[:8]})")
+        raise ExportError(
+            f"{tag_dir}: the checkpoint's weights do not fit {MODEL_CONFIG} (missing "
+            f"{missing[:8]}, unexpected {sorted(result.unexpected_keys)[:8]})"
+        )
     model.config.architectures = [MemBartForConditionalGeneration.__name__]
     return model.eval()
 

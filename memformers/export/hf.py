@@ -53,9 +53,12 @@ def save_export(model, tokenizer, out: Path, trainer_state: dict, tag: str, zero
     config = model.config
     config.auto_map = dict(AUTO_MAP)
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=config.decoder_start_token_id, bos_token_id=config.bos_token_id,
-        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
-        forced_eos_token_id=config.eos_token_id, max_length=max_length,
+        decoder_start_token_id=config.decoder_start_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
+        forced_eos_token_id=config.eos_token_id,
+        max_length=max_length,
     )
     out.mkdir(parents=True)
     model.save_pretrained(out, safe_serialization=True)

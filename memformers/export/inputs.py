@@ -67,8 +67,10 @@ def check_out_dir(out_dir: Path, run_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"output {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise ExportError(f"output directory {out_dir} is not empty: choose another one, or pass --force "
-                          f"(force=True) to replace its contents")
+        raise ExportError(
+            f"output directory {out_dir} is not empty: choose another one, or pass --force "
+            f"(force=True) to replace its contents"
+        )
 
 
 def read_json(path: Path) -> dict:
@@ -139,8 +141,10 @@ def load_run_tokenizer(trainer_state: dict, tag_dir: Path, override: str | os.Pa
         directory = _tokenizer_dir(source) if is_shard_dir(source) else None
     if directory is None or not _has_tokenizer_files(directory):
         origin = "--tokenizer" if override else f"config.data.path in {tag_dir / TRAINER_STATE}"
-        raise ExportError(f"tokenizer not found at {directory or source} (from {origin}): the SHARD_DIR was moved "
-                          f"or deleted; pass --tokenizer DIR with the run's tokenizer")
+        raise ExportError(
+            f"tokenizer not found at {directory or source} (from {origin}): the SHARD_DIR was moved "
+            f"or deleted; pass --tokenizer DIR with the run's tokenizer"
+        )
     try:
         return load_tokenizer(source)
     except DataError as error:
@@ -163,13 +167,17 @@ def check_tokenizer_matches(tokenizer, config: MemBartConfig, tag_dir: Path) -> 
         [`ExportError`]: the tokenizer has more tokens than the model, or other bos/eos/pad ids.
     """
     if len(tokenizer) > config.vocab_size:
-        raise ExportError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
-                          f"{config.vocab_size} ({tag_dir / MODEL_CONFIG}): it is not the run's tokenizer")
+        raise ExportError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{config.vocab_size} ({tag_dir / MODEL_CONFIG}): it is not the run's tokenizer"
+        )
     for role in ("bos", "eos", "pad"):
         if getattr(tokenizer, f"{role}_token_id") != getattr(config, f"{role}_token_id"):
-            raise ExportError(f"tokenizer {role}_token_id={getattr(tokenizer, f'{role}_token_id')} differs from "
-                              f"the model's {getattr(config, f'{role}_token_id')} ({tag_dir / MODEL_CONFIG}):"
-                              f" it is not the run's tokenizer")
+            raise ExportError(
+                f"tokenizer {role}_token_id={getattr(tokenizer, f'{role}_token_id')} differs from "
+                f"the model's {getattr(config, f'{role}_token_id')} ({tag_dir / MODEL_CONFIG}):"
+                f" it is not the run's tokenizer"
+            )
 
 
 def run_shard_dir(trainer_state: dict, tag_dir: Path) -> Path:
@@ -181,8 +189,10 @@ def run_shard_dir(trainer_state: dict, tag_dir: Path) -> Path:
     """
     shard_dir = _data_path(trainer_state)
     if not shard_dir:
-        raise ExportError(f"{tag_dir / TRAINER_STATE} has no config.data.path (the SHARD_DIR whose tokenizer/ the "
-                          f"run used): pass --tokenizer DIR")
+        raise ExportError(
+            f"{tag_dir / TRAINER_STATE} has no config.data.path (the SHARD_DIR whose tokenizer/ the "
+            f"run used): pass --tokenizer DIR"
+        )
     return Path(shard_dir)
 
 

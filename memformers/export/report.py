@@ -79,11 +79,15 @@ class ExportReport:
     def summary(self) -> str:
         """The report in a few lines, as `pretrain/export_hf.py` prints it."""
         verdict = "PASSED" if self.passed else "FAILED"
-        lines = [f"exported {self.tag} (step {self.step}, {self.tokens:,} tokens, ZeRO-{self.zero_stage}, "
-                 f"{self.num_parameters:,} parameters) as {self.dtype} to {self.out_dir}",
-                 f"check {verdict}: max abs diff of logits and memory over 2 segments, export (remote code, fp32) "
-                 f"vs training model = {self.max_abs_diff:.3e} (tolerance {self.tolerance:.0e})"]
+        lines = [
+            f"exported {self.tag} (step {self.step}, {self.tokens:,} tokens, ZeRO-{self.zero_stage}, "
+            f"{self.num_parameters:,} parameters) as {self.dtype} to {self.out_dir}",
+            f"check {verdict}: max abs diff of logits and memory over 2 segments, export (remote code, fp32) "
+            f"vs training model = {self.max_abs_diff:.3e} (tolerance {self.tolerance:.0e})",
+        ]
         if self.rounding_max_abs_diff is not None:
-            lines.append(f"note: rounding the fp32 masters to bf16 moves the same outputs by up to "
-                         f"{self.rounding_max_abs_diff:.3e}")
+            lines.append(
+                f"note: rounding the fp32 masters to bf16 moves the same outputs by up to "
+                f"{self.rounding_max_abs_diff:.3e}"
+            )
         return "\n".join(lines)

@@ -88,8 +88,14 @@ def verification_batch(tokenizer, config: MemBartConfig, lanes: int = 2, length:
         mask = torch.ones_like(ids, dtype=torch.bool)
         if index == 0:
             ids[1, -5:], mask[1, -5:] = config.pad_token_id, False
-        segments.append({"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(~mask, -100),
-                         "memory_resets": torch.tensor([index == 0] * lanes)})
+        segments.append(
+            {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "labels": ids.masked_fill(~mask, -100),
+                "memory_resets": torch.tensor([index == 0] * lanes),
+            }
+        )
     return segments
 
 

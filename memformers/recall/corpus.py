@@ -35,14 +35,16 @@ in between::
 Output: JSON lines `{"id", "text", "facts": [{"key", "value", "statement", "question", "repeats"}], "chance",
 "num_values"}`. Deterministic from `seed`: document i depends only on (seed, i, the settings).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 #: The closed set values are drawn from; `value_set(n)` is its first n words.
 VALUE_WORDS: tuple[str, ...] = (
@@ -109,16 +111,52 @@ _TEMPLATES = (
     "What a {adj} {event} it was!",
 )
 
-_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "tr", "th", "sh", "zh")
+_ONSETS = (
+    "b",
+    "d",
+    "f",
+    "g",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "z",
+    "br",
+    "dr",
+    "gr",
+    "kr",
+    "tr",
+    "th",
+    "sh",
+    "zh",
+)
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "y")
 _CODAS = ("", "", "n", "r", "l", "k", "x", "th", "s", "m")
 
 #: Every word filler text can contain (lower case); keys are generated to avoid them.
 FILLER_WORDS = frozenset(
     w.lower()
-    for group in (_ADJECTIVES, _NOUNS, _PLURALS, _PLACES, _VERBS, _INTRANSITIVE, _ADVERBS, _PERIODS, _PEOPLE, _PREPOSITIONS)
+    for group in (
+        _ADJECTIVES,
+        _NOUNS,
+        _PLURALS,
+        _PLACES,
+        _VERBS,
+        _INTRANSITIVE,
+        _ADVERBS,
+        _PERIODS,
+        _PEOPLE,
+        _PREPOSITIONS,
+    )
     for w in group
-) | frozenset(w.lower() for phrase in (*_TIMES, *_EVENTS, *_TEMPLATES) for w in phrase.replace(",", " ").split() if "{" not in w)
+) | frozenset(
+    w.lower() for phrase in (*_TIMES, *_EVENTS, *_TEMPLATES) for w in phrase.replace(",", " ").split() if "{" not in w
+)
 
 
 @dataclass(frozen=True)
@@ -154,7 +192,9 @@ class SyntheticConfig:
         if self.lead_words < 0:
             raise ValueError(f"lead_words must be >= 0, got {self.lead_words}")
         if self.short_keys and self.facts_per_doc > 100:
-            raise ValueError(f"short_keys allows at most 100 facts per document, got facts_per_doc={self.facts_per_doc}")
+            raise ValueError(
+                f"short_keys allows at most 100 facts per document, got facts_per_doc={self.facts_per_doc}"
+            )
 
 
 def value_set(num_values: int) -> tuple[str, ...]:
@@ -198,7 +238,9 @@ def _key(rng: random.Random, taken: set[str], short: bool = False) -> str:
             if len(name) < 3:
                 continue
         else:
-            name = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(rng.randint(2, 3)))
+            name = "".join(
+                rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(rng.randint(2, 3))
+            )
         if name not in taken and name not in FILLER_WORDS and name not in VALUE_WORDS:
             taken.add(name)
             return name.capitalize()

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from memformers.data import segment_ends, sentence_end_table
-from .corpus import QUESTION, STATEMENT
 from memformers.training.recurrence import decoder_inputs
+
+from .corpus import QUESTION, STATEMENT
 
 
 @dataclass
@@ -35,8 +36,12 @@ class RecallResult:
     """A few probed facts with both predictions, for display."""
 
     def as_dict(self) -> dict:
-        return {"recall_with_memory": self.with_memory, "recall_without_memory": self.without_memory,
-                "recall_chance": self.chance, "recall_facts": self.facts}
+        return {
+            "recall_with_memory": self.with_memory,
+            "recall_without_memory": self.without_memory,
+            "recall_chance": self.chance,
+            "recall_facts": self.facts,
+        }
 
 
 def _token_span(offsets: list[tuple[int, int]], start: int, end: int) -> tuple[int, int]:
@@ -55,8 +60,9 @@ def _value_tokens(tokenizer, key: str, value: str) -> list[int]:
 
 
 @torch.no_grad()
-def _candidate_log_likelihoods(model, source: torch.Tensor, memory: torch.Tensor, targets: list[list[int]],
-                               pad_id: int, decoder_start_id: int) -> torch.Tensor:
+def _candidate_log_likelihoods(
+    model, source: torch.Tensor, memory: torch.Tensor, targets: list[list[int]], pad_id: int, decoder_start_id: int
+) -> torch.Tensor:
     """log p(target_c | source, memory) for each candidate target c, in one batch: `[candidates]`."""
     count = len(targets)
     width = max(len(t) for t in targets)
@@ -66,22 +72,38 @@ def _candidate_log_likelihoods(model, source: torch.Tensor, memory: torch.Tensor
     decoder_input = decoder_inputs(labels, pad_id, decoder_start_id)
     encoder = model.get_encoder()(input_ids=source[None], memory_states=memory)
     states = encoder.last_hidden_state.expand(count, -1, -1)
-    out = model(encoder_outputs=(states,), decoder_input_ids=decoder_input,
-                attention_mask=encoder.encoder_attention_mask.expand(count, -1))
+    out = model(
+        encoder_outputs=(states,),
+        decoder_input_ids=decoder_input,
+        attention_mask=encoder.encoder_attention_mask.expand(count, -1),
+    )
     logits = out.logits.float()
-    token_loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100,
-                                 reduction="none")
+    token_loss = F.cross_entropy(
+        logits.view(-1, logits.shape[-1]), labels.view(-1), ignore_index=-100, reduction="none"
+    )
     return -token_loss.view(labels.shape).sum(-1)
 
 
 @torch.no_grad()
-def recall_probe(model, tokenizer, documents: list[dict], *, segment_length: int, values: list[str],
-                 min_gap: int = 2, max_examples: int = 5) -> RecallResult:
+def recall_probe(
+    model,
+    tokenizer,
+    documents: list[dict],
+    *,
+    segment_length: int,
+    values: list[str],
+    min_gap: int = 2,
+    max_examples: int = 5,
+) -> RecallResult:
     """Recall accuracy with the memory carried and with it reset, on `documents` (synthetic corpus records)."""
     model.eval()
     device = next(model.parameters()).device
-    bos, eos, pad, mask = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                           tokenizer.mask_token_id)
+    bos, eos, pad, mask = (
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.mask_token_id,
+    )
     start_id = model.config.decoder_start_token_id
     is_end = sentence_end_table(tokenizer)
     value_ids = {}
@@ -119,17 +141,24 @@ def recall_probe(model, tokenizer, documents: list[dict], *, segment_length: int
                 truth = values.index(value)
                 scores = {
                     "memory": _candidate_log_likelihoods(model, source, memory, targets, pad, start_id),
-                    "reset": _candidate_log_likelihoods(model, source, model.construct_memory(1), targets, pad,
-                                                        start_id),
+                    "reset": _candidate_log_likelihoods(
+                        model, source, model.construct_memory(1), targets, pad, start_id
+                    ),
                 }
                 predicted = {mode: int(s.argmax()) for mode, s in scores.items()}
                 for mode in hits:
                     hits[mode] += predicted[mode] == truth
                 probed += 1
                 if len(examples) < max_examples:
-                    examples.append({"key": key, "value": value, "segments_after_statement": gap,
-                                     "predicted_with_memory": values[predicted["memory"]],
-                                     "predicted_without_memory": values[predicted["reset"]]})
+                    examples.append(
+                        {
+                            "key": key,
+                            "value": value,
+                            "segments_after_statement": gap,
+                            "predicted_with_memory": values[predicted["memory"]],
+                            "predicted_without_memory": values[predicted["reset"]],
+                        }
+                    )
             step = model.get_encoder()(input_ids=torch.tensor([clean], device=device), memory_states=memory)
             memory = step.memory_states
     total = max(probed, 1)

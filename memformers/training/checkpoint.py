@@ -50,20 +50,25 @@ def resolve_tag(root: str | Path, tag: str | None = None) -> str:
     root = Path(root)
     available = checkpoint_tags(root)
     if not available:
-        raise CheckpointError(f"{root.parent} has no checkpoints ({root}/{TAG_PREFIX}* is missing): pass the run_dir "
-                              "of a pretrain/train.py run that has written at least one checkpoint")
+        raise CheckpointError(
+            f"{root.parent} has no checkpoints ({root}/{TAG_PREFIX}* is missing): pass the run_dir "
+            "of a pretrain/train.py run that has written at least one checkpoint"
+        )
     if tag is None:
         latest = root / LATEST
         if not latest.is_file():
-            raise CheckpointError(f"{latest} is missing, so there is no default tag: pass a tag, one of "
-                                  f"{', '.join(available)}")
+            raise CheckpointError(
+                f"{latest} is missing, so there is no default tag: pass a tag, one of {', '.join(available)}"
+            )
         tag = latest.read_text().strip()
     if tag not in available:
         raise CheckpointError(f"unknown tag {tag!r} in {root}: available tags are {', '.join(available)}")
     for name in (MODEL_CONFIG, TRAINER_STATE):
         if not (root / tag / name).is_file():
-            raise CheckpointError(f"{root / tag / name} is missing: {tag} is not a complete trainer checkpoint "
-                                  f"(available tags: {', '.join(available)})")
+            raise CheckpointError(
+                f"{root / tag / name} is missing: {tag} is not a complete trainer checkpoint "
+                f"(available tags: {', '.join(available)})"
+            )
     return tag
 
 
@@ -79,8 +84,10 @@ class Checkpointer:
             return None
         tag = latest.read_text().strip()
         if not (self.root / tag).is_dir():
-            raise RuntimeError(f"{latest} names {tag!r}, but {self.root / tag} does not exist: restore it or "
-                               f"point {latest} at an existing step-* directory")
+            raise RuntimeError(
+                f"{latest} names {tag!r}, but {self.root / tag} does not exist: restore it or "
+                f"point {latest} at an existing step-* directory"
+            )
         return tag
 
     def save(self, engine, step: int, rank_state: dict, trainer_state: dict, model_config_json: str) -> str:
@@ -111,8 +118,9 @@ class Checkpointer:
                 f"{rank_file} is missing: checkpoint {tag} was written by {len(saved)} ranks and this run has "
                 f"{self.runtime.world_size}. Lane memories are per rank: resume with the same world size."
             )
-        load_path, _ = engine.load_checkpoint(str(self.root), tag=tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+        load_path, _ = engine.load_checkpoint(
+            str(self.root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load checkpoint {tag_dir}")
         rank_state = torch.load(rank_file, map_location="cpu", weights_only=False)

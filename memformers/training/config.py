@@ -259,12 +259,15 @@ def deepspeed_config(cfg: PretrainConfig, ds_json: dict[str, Any], world_size: i
         "gradient_accumulation_steps": cfg.train.rollouts_per_step,
         "train_batch_size": cfg.data.lanes * cfg.train.rollouts_per_step * world_size,
     }
-    names = {"train_micro_batch_size_per_gpu": "data.lanes", "gradient_accumulation_steps": "train.rollouts_per_step",
-             "train_batch_size": "data.lanes × train.rollouts_per_step × world size"}
+    names = {
+        "train_micro_batch_size_per_gpu": "data.lanes",
+        "gradient_accumulation_steps": "train.rollouts_per_step",
+        "train_batch_size": "data.lanes × train.rollouts_per_step × world size",
+    }
     for key, value in expected.items():
         if key in ds_json and ds_json[key] not in ("auto", value):
             raise ConfigError(
-                f"{where}: {key}={ds_json[key]} does not match {names[key]} = {value}. Set it to \"auto\" (or "
+                f'{where}: {key}={ds_json[key]} does not match {names[key]} = {value}. Set it to "auto" (or '
                 f"remove it) and choose the batch with data.lanes / train.rollouts_per_step."
             )
     if ds_json.get("fp16", {}).get("enabled") and ds_json.get("bf16", {}).get("enabled"):
@@ -327,8 +330,11 @@ def config_reference() -> str:
     root = PretrainConfig()
     lines = []
     sections = [("top level", PretrainConfig, root, "")]
-    sections += [(f.name, type(getattr(root, f.name)), getattr(root, f.name), f.name + ".")
-                 for f in dataclasses.fields(PretrainConfig) if dataclasses.is_dataclass(getattr(root, f.name))]
+    sections += [
+        (f.name, type(getattr(root, f.name)), getattr(root, f.name), f.name + ".")
+        for f in dataclasses.fields(PretrainConfig)
+        if dataclasses.is_dataclass(getattr(root, f.name))
+    ]
     for title, cls, instance, prefix in sections:
         docs, hints = _field_docs(cls), typing.get_type_hints(cls)
         lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
@@ -337,7 +343,8 @@ def config_reference() -> str:
             if dataclasses.is_dataclass(value):
                 continue
             default = "—" if value in ("", None) else f"`{json.dumps(value)}`"
-            lines.append(f"| `{prefix}{f.name}` | {_type_name(hints[f.name])} | {default} | {docs.get(f.name, '').replace('|', chr(92) + '|')} |")
+            meaning = docs.get(f.name, "").replace("|", chr(92) + "|")
+            lines.append(f"| `{prefix}{f.name}` | {_type_name(hints[f.name])} | {default} | {meaning} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

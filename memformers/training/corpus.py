@@ -30,8 +30,16 @@ class Corpus:
         manifest = read_manifest(data.path)
         tokenizer = load_tokenizer(data.path)
         special = special_ids(tokenizer)
-        denoiser = BartDenoiser(noise, token_tables(tokenizer), mask_id=special["mask"], bos_id=special["bos"],
-                                eos_id=special["eos"], pad_id=special["pad"], vocab_size=len(tokenizer), seed=seed)
+        denoiser = BartDenoiser(
+            noise,
+            token_tables(tokenizer),
+            mask_id=special["mask"],
+            bos_id=special["bos"],
+            eos_id=special["eos"],
+            pad_id=special["pad"],
+            vocab_size=len(tokenizer),
+            seed=seed,
+        )
         return cls(data, runtime, seed, manifest, tokenizer, special, denoiser)
 
     @property
@@ -44,9 +52,18 @@ class Corpus:
 
     def stream(self, split: str, epochs: int | None) -> SegmentStreamLoader:
         """This rank's noised segment batches of `split`, `epochs` passes (None: endless)."""
-        return SegmentStreamLoader(self.data.path, split, rank=self.runtime.rank, world_size=self.runtime.world_size,
-                                   lanes=self.data.lanes, segment_length=self.segment_length, seed=self.seed,
-                                   epochs=epochs, transform=self.denoiser.collate, prefetch=self.data.prefetch)
+        return SegmentStreamLoader(
+            self.data.path,
+            split,
+            rank=self.runtime.rank,
+            world_size=self.runtime.world_size,
+            lanes=self.data.lanes,
+            segment_length=self.segment_length,
+            seed=self.seed,
+            epochs=epochs,
+            transform=self.denoiser.collate,
+            prefetch=self.data.prefetch,
+        )
 
     def val_stream(self) -> SegmentStreamLoader:
         """One fresh pass over the val split."""

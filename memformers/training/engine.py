@@ -17,8 +17,9 @@ from .distributed import Runtime
 POSITION_HEADROOM = 2
 
 
-def build_model(cfg: PretrainConfig, *, tokenizer_size: int, special_ids: dict[str, int],
-                segment_length: int) -> MemBartForConditionalGeneration:
+def build_model(
+    cfg: PretrainConfig, *, tokenizer_size: int, special_ids: dict[str, int], segment_length: int
+) -> MemBartForConditionalGeneration:
     """The model to train: a preset sized for the tokenizer, or `model.init_from` (a MemBART, or a BART converted
     with fresh memory). Checks that the model can read this corpus (vocab, positions)."""
     overrides = {} if cfg.model.dropout is None else {"dropout": cfg.model.dropout}
@@ -37,19 +38,28 @@ def build_model(cfg: PretrainConfig, *, tokenizer_size: int, special_ids: dict[s
             overrides["memory_len"] = cfg.model.memory_len
         vocab_size = 8 * math.ceil(tokenizer_size / 8)  # multiple of 8: tensor-core friendly
         config = load_preset(
-            cfg.model.preset, vocab_size=vocab_size, pad_token_id=special_ids["pad"], bos_token_id=special_ids["bos"],
-            eos_token_id=special_ids["eos"], decoder_start_token_id=special_ids["eos"],
-            forced_eos_token_id=special_ids["eos"], **overrides,
+            cfg.model.preset,
+            vocab_size=vocab_size,
+            pad_token_id=special_ids["pad"],
+            bos_token_id=special_ids["bos"],
+            eos_token_id=special_ids["eos"],
+            decoder_start_token_id=special_ids["eos"],
+            forced_eos_token_id=special_ids["eos"],
+            **overrides,
         )
         model = MemBartForConditionalGeneration(config)
 
     if model.config.vocab_size < tokenizer_size:
-        raise ConfigError(f"the model's vocab_size {model.config.vocab_size} is smaller than the corpus tokenizer's "
-                          f"{tokenizer_size}: use a model made for this tokenizer or re-shard with its tokenizer")
+        raise ConfigError(
+            f"the model's vocab_size {model.config.vocab_size} is smaller than the corpus tokenizer's "
+            f"{tokenizer_size}: use a model made for this tokenizer or re-shard with its tokenizer"
+        )
     needed = segment_length + 2 + POSITION_HEADROOM
     if model.config.max_position_embeddings < needed:
-        raise ConfigError(f"segments of {segment_length} tokens need {needed} positions; the model has "
-                          f"{model.config.max_position_embeddings}. Re-shard with a shorter --segment-length.")
+        raise ConfigError(
+            f"segments of {segment_length} tokens need {needed} positions; the model has "
+            f"{model.config.max_position_embeddings}. Re-shard with a shorter --segment-length."
+        )
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model

@@ -20,8 +20,9 @@ from .recurrence import segment_forward
 
 
 @torch.no_grad()
-def evaluate(model, batches: Iterable[dict], eval_cfg: EvalSection, *, memory: torch.Tensor, pad_id: int,
-             decoder_start_id: int) -> dict:
+def evaluate(
+    model, batches: Iterable[dict], eval_cfg: EvalSection, *, memory: torch.Tensor, pad_id: int, decoder_start_id: int
+) -> dict:
     """Run the val stream once (at most `eval.max_batches` batches), scoring each batch twice (memory carried /
     memory reset), by segment position up to `eval.positions`. Every rank must iterate the same number of batches
     (the loader guarantees it); sums are all-reduced, so every rank gets the result.
@@ -40,10 +41,12 @@ def evaluate(model, batches: Iterable[dict], eval_cfg: EvalSection, *, memory: t
     for index, batch in enumerate(batches):
         if max_batches is not None and index >= max_batches:
             break
-        loss_mem, tokens, carried = segment_forward(model, batch, carried, pad_id=pad_id,
-                                                    decoder_start_id=decoder_start_id)
-        loss_reset, _, _ = segment_forward(model, batch, memory, pad_id=pad_id, decoder_start_id=decoder_start_id,
-                                           resets=reset_all)
+        loss_mem, tokens, carried = segment_forward(
+            model, batch, carried, pad_id=pad_id, decoder_start_id=decoder_start_id
+        )
+        loss_reset, _, _ = segment_forward(
+            model, batch, memory, pad_id=pad_id, decoder_start_id=decoder_start_id, resets=reset_all
+        )
         valid = batch["valid"]
         position = batch["segment_index"].clamp(min=0, max=positions - 1)[valid]
         sums[0].index_add_(0, position, loss_mem[valid].double())
@@ -56,8 +59,9 @@ def evaluate(model, batches: Iterable[dict], eval_cfg: EvalSection, *, memory: t
 
     total = counts.sum().clamp(min=1)
     loss, loss_no_memory = (sums[0].sum() / total).item(), (sums[1].sum() / total).item()
-    by_position = [[round(s / c, 6) if c > 0 else None for s, c in zip(row, counts.tolist())]
-                   for row in sums.tolist()]  # None: no document of this split reached that position
+    by_position = [
+        [round(s / c, 6) if c > 0 else None for s, c in zip(row, counts.tolist())] for row in sums.tolist()
+    ]  # None: no document of this split reached that position
     return {
         "eval_loss": loss,
         "eval_loss_no_memory": loss_no_memory,
@@ -85,11 +89,18 @@ class Evaluator:
     def run(self, step: int, logger) -> dict:
         """Evaluate the model as it is after `step`; returns the record logged. Collective."""
         device, config = self.corpus.runtime.device, self.engine.module.config
-        result = evaluate(self.engine, (to_device(b, device) for b in self.corpus.val_stream()), self.cfg,
-                          memory=initial_memory(self.engine, self.corpus.data.lanes, device),
-                          pad_id=config.pad_token_id, decoder_start_id=config.decoder_start_token_id)
+        result = evaluate(
+            self.engine,
+            (to_device(b, device) for b in self.corpus.val_stream()),
+            self.cfg,
+            memory=initial_memory(self.engine, self.corpus.data.lanes, device),
+            pad_id=config.pad_token_id,
+            decoder_start_id=config.decoder_start_token_id,
+        )
         record = {"step": step, **result}
         logger.log(record)
-        logger.write(f"step {step}: eval loss {record['eval_loss']:.4f}, without memory "
-                     f"{record['eval_loss_no_memory']:.4f}, memory gain {record['memory_gain']:+.4f}")
+        logger.write(
+            f"step {step}: eval loss {record['eval_loss']:.4f}, without memory "
+            f"{record['eval_loss_no_memory']:.4f}, memory gain {record['memory_gain']:+.4f}"
+        )
         return record

@@ -26,8 +26,17 @@ class MetricsLogger:
     """Rank 0's records and messages (`enabled` on rank 0 only), from `start_step` on: a resumed run drops what a
     killed run logged after its checkpoint. `wandb_id` continues that wandb run; `config` is logged with it."""
 
-    def __init__(self, run_dir: Path, logging: LoggingSection, *, enabled: bool, start_step: int, max_steps: int,
-                 wandb_id: str | None, config: dict):
+    def __init__(
+        self,
+        run_dir: Path,
+        logging: LoggingSection,
+        *,
+        enabled: bool,
+        start_step: int,
+        max_steps: int,
+        wandb_id: str | None,
+        config: dict,
+    ):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.wandb_run = None
@@ -43,12 +52,16 @@ class MetricsLogger:
             # wandb run ids are [a-z0-9]; made here (wandb's own helper moved between versions)
             self.wandb_id = wandb_id or secrets.token_hex(4)
             self.wandb_run = wandb.init(
-                project=logging.wandb_project, name=logging.wandb_name or Path(run_dir).name, id=self.wandb_id,
-                resume="allow", mode=mode, dir=str(run_dir), config=config,
+                project=logging.wandb_project,
+                name=logging.wandb_name or Path(run_dir).name,
+                id=self.wandb_id,
+                resume="allow",
+                mode=mode,
+                dir=str(run_dir),
+                config=config,
             )
         if logging.progress_bar:
-            self.bar = tqdm(total=max_steps, initial=start_step, desc="pretrain", dynamic_ncols=True,
-                            mininterval=1.0)
+            self.bar = tqdm(total=max_steps, initial=start_step, desc="pretrain", dynamic_ncols=True, mininterval=1.0)
 
     def _truncate_after(self, step: int) -> None:
         """A resumed run rewrites history from its checkpoint on: drop lines of steps after it (a killed run may
@@ -72,8 +85,11 @@ class MetricsLogger:
         if self.bar is None:
             return
         self.bar.n = step
-        postfix = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
-                   "tok/s": f"{record['tokens_per_s']:.0f}"}
+        postfix = {
+            "loss": f"{record['loss']:.4f}",
+            "lr": f"{record['lr']:.2e}",
+            "tok/s": f"{record['tokens_per_s']:.0f}",
+        }
         if record.get("mfu") is not None:
             postfix["mfu"] = f"{record['mfu']:.1%}"
         self.bar.set_postfix(postfix, refresh=False)

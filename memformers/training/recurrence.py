@@ -37,8 +37,9 @@ def decoder_inputs(labels: torch.Tensor, pad_id: int, decoder_start_id: int) -> 
     return shift_tokens_right(labels, pad_id, decoder_start_id)
 
 
-def segment_forward(model, batch: dict, memory: torch.Tensor, *, pad_id: int, decoder_start_id: int,
-                    resets: torch.Tensor | None = None):
+def segment_forward(
+    model, batch: dict, memory: torch.Tensor, *, pad_id: int, decoder_start_id: int, resets: torch.Tensor | None = None
+):
     """One segment for every lane.
 
     Args:
@@ -75,8 +76,16 @@ class RolloutResult:
     """Target tokens in the rollout (valid lanes only)."""
 
 
-def run_rollout(model, segments: list[dict], memory: torch.Tensor, weights: list[float], *, replay: bool,
-                pad_id: int, decoder_start_id: int) -> RolloutResult:
+def run_rollout(
+    model,
+    segments: list[dict],
+    memory: torch.Tensor,
+    weights: list[float],
+    *,
+    replay: bool,
+    pad_id: int,
+    decoder_start_id: int,
+) -> RolloutResult:
     """Forward T segments carrying `memory`; returns the weighted loss to back-propagate once."""
     memory = memory.detach()
     loss = torch.zeros((), device=memory.device)
@@ -85,8 +94,13 @@ def run_rollout(model, segments: list[dict], memory: torch.Tensor, weights: list
     for t, (weight, batch) in enumerate(zip(weights, segments)):
         if replay and t < last:
             lane_loss, lane_tokens, memory = checkpoint(
-                segment_forward, model, batch, memory, use_reentrant=False,
-                pad_id=pad_id, decoder_start_id=decoder_start_id,
+                segment_forward,
+                model,
+                batch,
+                memory,
+                use_reentrant=False,
+                pad_id=pad_id,
+                decoder_start_id=decoder_start_id,
             )
         else:
             lane_loss, lane_tokens, memory = segment_forward(

@@ -34,10 +34,16 @@ class TrainState:
         """Checkpoint the engine, this state and `loader`'s position and the RNGs at `step`; `config` is recorded
         with it. Returns the tag. Collective: every rank calls it."""
         return checkpointer.save(
-            engine, self.step,
+            engine,
+            self.step,
             rank_state={"loader": loader.state_dict(), "memory": self.memory.cpu(), "rng": rng_state()},
-            trainer_state={"step": self.step, "tokens": self.tokens, "wandb_id": self.wandb_id,
-                           "last_eval": self.last_eval, "config": config.to_dict()},
+            trainer_state={
+                "step": self.step,
+                "tokens": self.tokens,
+                "wandb_id": self.wandb_id,
+                "last_eval": self.last_eval,
+                "config": config.to_dict(),
+            },
             model_config_json=engine.module.config.to_json_string(),
         )
 

@@ -39,11 +39,18 @@ class StepSpec:
     def of(cls, train: TrainSection, engine, runtime: Runtime, peak: float | None = None) -> StepSpec:
         """The steps of `train` on `engine`; `peak` (logging.peak_tflops) overrides the accelerator's data sheet."""
         config = engine.module.config
-        return cls(rollouts=train.rollouts_per_step, time_horizon=train.time_horizon,
-                   weights=loss_weights(train.time_horizon, train.loss_weighting), replay=train.memory_replay,
-                   pad_id=config.pad_token_id, decoder_start_id=config.decoder_start_token_id, device=runtime.device,
-                   world_size=runtime.world_size, flops_per_token=flops_per_token(config),
-                   peak_tflops=peak or peak_tflops(runtime.device))
+        return cls(
+            rollouts=train.rollouts_per_step,
+            time_horizon=train.time_horizon,
+            weights=loss_weights(train.time_horizon, train.loss_weighting),
+            replay=train.memory_replay,
+            pad_id=config.pad_token_id,
+            decoder_start_id=config.decoder_start_token_id,
+            device=runtime.device,
+            world_size=runtime.world_size,
+            flops_per_token=flops_per_token(config),
+            peak_tflops=peak or peak_tflops(runtime.device),
+        )
 
 
 def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpec) -> dict | None:
@@ -60,8 +67,15 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
         segments = take(batches, spec.time_horizon, spec.device)
         if segments is None:
             return None
-        result = run_rollout(engine, segments, state.memory, spec.weights, replay=spec.replay,
-                             pad_id=spec.pad_id, decoder_start_id=spec.decoder_start_id)
+        result = run_rollout(
+            engine,
+            segments,
+            state.memory,
+            spec.weights,
+            replay=spec.replay,
+            pad_id=spec.pad_id,
+            decoder_start_id=spec.decoder_start_id,
+        )
         engine.backward(result.loss)
         engine.step()
         state.memory = result.memory
@@ -103,6 +117,8 @@ class NonFiniteGuard:
         logger.write(f"step {record['step']}: non-finite loss or gradient, update skipped ({self.in_a_row} in a row)")
         if self.in_a_row < self.limit:
             return False
-        logger.write(f"stopping: {self.in_a_row} consecutive non-finite steps (train.max_nonfinite_steps)."
-                     " Lower train.lr, raise train.warmup_steps, or check the data.")
+        logger.write(
+            f"stopping: {self.in_a_row} consecutive non-finite steps (train.max_nonfinite_steps)."
+            " Lower train.lr, raise train.warmup_steps, or check the data."
+        )
         return True

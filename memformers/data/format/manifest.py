@@ -36,6 +36,7 @@ the byte span of the document's sample inside the shard tar (its tar headers and
 segment counts, and the CRC-32 of the span. Every rank computes the global lane schedule from
 `num_segments`; the loader reads a document with one seek and checks its CRC.
 """
+
 from __future__ import annotations
 
 import json

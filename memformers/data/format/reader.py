@@ -51,7 +51,12 @@ class SplitReader:
             if not path.is_file():
                 bad.append((shard["path"], "missing"))
             elif path.stat().st_size != shard["bytes"]:
-                bad.append((shard["path"], f"{path.stat().st_size} bytes, manifest says {shard['bytes']}: truncated or replaced"))
+                bad.append(
+                    (
+                        shard["path"],
+                        f"{path.stat().st_size} bytes, manifest says {shard['bytes']}: truncated or replaced",
+                    )
+                )
         if bad:
             raise ShardError(
                 "bad shards in "

@@ -13,6 +13,7 @@ byte-identical shards. `webdataset.WebDataset(url)` (or `tarfile`) reads them as
 reads a document directly from its byte span in `index.npy` (manifest.py, reader.py) and checks its CRC-32.
 `tar_members` is the one reader of member headers (decoding, re-keying and key lookup all go through it).
 """
+
 from __future__ import annotations
 
 import ast
@@ -35,7 +36,9 @@ TAR_BLOCK = 512
 TAR_RECORD = 20 * TAR_BLOCK  # tarfile.RECORDSIZE: archives are padded to a multiple of it
 MEMBER_EXTS = ("ids.npy", "seg.npy", "json")
 _NPY_MAGIC = b"\x93NUMPY\x01\x00"
-_NPY_HEADER = re.compile(r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (True|False), 'shape': \((\d+),\), \} *\n")
+_NPY_HEADER = re.compile(
+    r"\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (True|False), 'shape': \((\d+),\), \} *\n"
+)
 
 
 def npy_header(dtype: np.dtype, count: int) -> bytes:
@@ -45,7 +48,7 @@ def npy_header(dtype: np.dtype, count: int) -> bytes:
 
 @functools.lru_cache(maxsize=4096)  # one per document and member when sharding; lengths repeat
 def _npy_header(descr: str, count: int) -> bytes:
-    header = "{'descr': '%s', 'fortran_order': False, 'shape': (%d,), }" % (descr, count)
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': ({count},), }}"
     header += " " * ((-(len(_NPY_MAGIC) + 2 + len(header) + 1)) % 64) + "\n"
     return _NPY_MAGIC + struct.pack("<H", len(header)) + header.encode("latin1")
 
@@ -106,7 +109,15 @@ def _tar_header(encoded: bytes, size: int) -> bytes:
     size_field = b"%011o\0" % size
     checksum = _BASE_CHECKSUM + sum(encoded) + sum(size_field)
     return b"".join(
-        (encoded, _ZEROS[100 - len(encoded)], _HEADER_HEAD, size_field, _HEADER_TAIL[:12], b"%06o\0 " % checksum, _HEADER_TAIL[20:])
+        (
+            encoded,
+            _ZEROS[100 - len(encoded)],
+            _HEADER_HEAD,
+            size_field,
+            _HEADER_TAIL[:12],
+            b"%06o\0 " % checksum,
+            _HEADER_TAIL[20:],
+        )
     )
 
 

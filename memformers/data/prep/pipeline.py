@@ -23,10 +23,11 @@ import multiprocessing
 import os
 import struct
 import zlib
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,16 @@ class _Pipeline:
     commits the last, partial shard of each split. Leaving the `with` block stops the workers.
     """
 
-    def __init__(self, out: Path, docs_per_shard: int, workers: int, init_args: tuple, records: dict, progress: bool, chunk_chars: int) -> None:
+    def __init__(
+        self,
+        out: Path,
+        docs_per_shard: int,
+        workers: int,
+        init_args: tuple,
+        records: dict,
+        progress: bool,
+        chunk_chars: int,
+    ) -> None:
         """`init_args`: `_init_worker`'s (tokenizer JSON, sentence-end table, segment length, token dtype)."""
         self.out, self.docs_per_shard, self.workers, self.records = out, docs_per_shard, workers, records
         self.chunk_chars = chunk_chars
@@ -137,14 +147,16 @@ class _Pipeline:
         self.tokens = 0
         self.pool = None
         if workers > 0:  # the children inherit the variable: one thread each, no tokenizers fork warning
-            context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+            context = multiprocessing.get_context(
+                "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            )
             with _environment(TOKENIZERS_PARALLELISM="false"):
                 self.pool = context.Pool(workers, initializer=_init_worker, initargs=init_args)
         else:
             _init_worker(*init_args)
         self.bar = _progress_bar(progress)
 
-    def __enter__(self) -> "_Pipeline":
+    def __enter__(self) -> _Pipeline:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -173,7 +185,9 @@ class _Pipeline:
 
     def _submit(self) -> None:
         if self.chunk:
-            result = self.pool.apply_async(_encode_chunk, (self.chunk,)) if self.pool else _Done(_encode_chunk(self.chunk))
+            result = (
+                self.pool.apply_async(_encode_chunk, (self.chunk,)) if self.pool else _Done(_encode_chunk(self.chunk))
+            )
             self.pending.append((result, self.slots))
         self.chunk, self.slots, self.size = [], [], 0
         while len(self.pending) > 2 * self.workers + 1:
@@ -269,7 +283,15 @@ def make_job(
     }
     state = {"settings": settings, "inputs": reader.fingerprint()}
     return Job(
-        Path(output), os.fspath(tokenizer), source_tokenizer, reader, settings, state, workers, o["progress"], o["chunk_chars"]
+        Path(output),
+        os.fspath(tokenizer),
+        source_tokenizer,
+        reader,
+        settings,
+        state,
+        workers,
+        o["progress"],
+        o["chunk_chars"],
     )
 
 

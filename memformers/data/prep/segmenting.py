@@ -6,6 +6,7 @@ not counted). Each cut is placed after the last sentence-end token (see
 rest of the document fits in it, the cut is hard, at L tokens or at the document's end. Every token
 lands in exactly one segment, in order: nothing is dropped.
 """
+
 from __future__ import annotations
 
 import bisect

@@ -36,6 +36,7 @@ writes the tokenizer copy, the shards, each `index.npy` and `manifest.json` (sta
 slices), then removes `.slices/`. Re-running it after that does nothing; an interrupted merge starts over
 from the slices, which are only removed at the end.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -45,9 +46,10 @@ import os
 import shutil
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -240,7 +242,9 @@ def run_sliced(
     if merge == (slice_index is not None):
         raise DataError("with --num-slices, give either --slice-index I (tokenize slice I) or --merge, not both")
     if slice_index is not None and not 0 <= slice_index < num_slices:
-        raise DataError(f"--slice-index must be in [0, {num_slices - 1}] for --num-slices {num_slices}, got {slice_index}")
+        raise DataError(
+            f"--slice-index must be in [0, {num_slices - 1}] for --num-slices {num_slices}, got {slice_index}"
+        )
     job = make_job(inputs, tokenizer, output, segment_length, options)
     if merge:
         return merge_slices(job, num_slices, overwrite, started)
@@ -267,8 +271,9 @@ def shard_slice(job: Job, index: int, count: int, overwrite: bool, started: floa
     """Tokenize slice `index` of `count` into SHARD_DIR/.slices/slice-IIIII/ (resuming); its summary."""
     label = f"slice {index} of {count} (0-based)"
     if _finished(job, overwrite):
-        return ShardingSummary.of_finished(job.out, seconds=time.perf_counter() - started, workers=job.workers,
-                                           label=f"{label}: already merged into")
+        return ShardingSummary.of_finished(
+            job.out, seconds=time.perf_counter() - started, workers=job.workers, label=f"{label}: already merged into"
+        )
     directory = slice_dir(job.out, index)
     state = slice_state(job.state, index, count)
     info = _prepare_slice(directory, state, overwrite, label)
@@ -286,8 +291,15 @@ def shard_slice(job: Job, index: int, count: int, overwrite: bool, started: floa
     }
     write_json_atomic(directory / SLICE_INFO, info)  # last: marks the slice done
     shutil.rmtree(directory / PROGRESS_DIR)
-    return _slice_summary(directory, info, label, time.perf_counter() - started, job,
-                          shards_written=len(result.records) - result.reused, tokens_this_run=result.tokens)
+    return _slice_summary(
+        directory,
+        info,
+        label,
+        time.perf_counter() - started,
+        job,
+        shards_written=len(result.records) - result.reused,
+        tokens_this_run=result.tokens,
+    )
 
 
 def _prepare_slice(directory: Path, state: dict[str, Any], overwrite: bool, label: str) -> dict[str, Any] | None:
@@ -314,9 +326,16 @@ def _prepare_slice(directory: Path, state: dict[str, Any], overwrite: bool, labe
 
 def _slice_summary(directory: Path, info: dict, label: str, seconds: float, job: Job, **counts: Any) -> ShardingSummary:
     """`counts`: already_complete, or what this run wrote (shards_written, tokens_this_run)."""
-    return ShardingSummary.from_record(info, directory, seconds=seconds, workers=job.workers, label=label,
-                                       ignored_files=job.reader.stats.ignored_files,
-                                       bad_record_examples=info["bad_record_examples"], **counts)
+    return ShardingSummary.from_record(
+        info,
+        directory,
+        seconds=seconds,
+        workers=job.workers,
+        label=label,
+        ignored_files=job.reader.stats.ignored_files,
+        bad_record_examples=info["bad_record_examples"],
+        **counts,
+    )
 
 
 # -- the merge -----------------------------------------------------------------------------------------
@@ -336,8 +355,9 @@ def merge_slices(job: Job, count: int, overwrite: bool, started: float) -> Shard
     out = job.out
     if _finished(job, overwrite):
         remove_entries(out, (SLICES_DIR,))  # left by a merge interrupted after its manifest
-        return ShardingSummary.of_finished(out, seconds=time.perf_counter() - started, workers=0,
-                                           label="shard directory (merged)")
+        return ShardingSummary.of_finished(
+            out, seconds=time.perf_counter() - started, workers=0, label="shard directory (merged)"
+        )
     slices = finished_slices(out, job.state, count)
     remove_entries(out, tuple(name for name in OWNED if name != SLICES_DIR))
     for split in job.splits:
@@ -387,12 +407,17 @@ def finished_slices(out: Path, state: dict[str, Any], count: int) -> list[_Slice
 def _slice_problem(directory: Path, state: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
     """(what is wrong with the slice in `directory`, or None; its slice.json)."""
     if not (directory / SLICE_INFO).is_file():
-        return ("is missing" if not directory.exists() else f"is unfinished (no {SLICE_INFO} in {directory}: "
-                "interrupted, failed or still running)"), {}
+        return (
+            "is missing"
+            if not directory.exists()
+            else f"is unfinished (no {SLICE_INFO} in {directory}: interrupted, failed or still running)"
+        ), {}
     info = json.loads((directory / SLICE_INFO).read_text(encoding="utf-8"))
     if info.get("state") != state:
-        return (f"was made by another run ({', '.join(differences(info.get('state', {}), state))} differ): "
-                "re-run it with --overwrite"), info
+        return (
+            f"was made by another run ({', '.join(differences(info.get('state', {}), state))} differ): "
+            "re-run it with --overwrite"
+        ), info
     for entry in info["splits"].values():
         for shard in entry["shards"]:
             path = directory / shard["path"]
@@ -467,7 +492,12 @@ def _slice_samples(s: _Slice, split: str, docs_per_shard: int) -> Iterator[tuple
         try:
             for doc, row in enumerate(reader.index):
                 sample = reader.read_span(doc)
-                yield _local_position(sample, split, docs_per_shard), sample, int(row["num_tokens"]), int(row["num_segments"])
+                yield (
+                    _local_position(sample, split, docs_per_shard),
+                    sample,
+                    int(row["num_tokens"]),
+                    int(row["num_segments"]),
+                )
         finally:
             reader.close()
     except ShardError as exc:

@@ -23,6 +23,7 @@ is kept; a malformed record (bad JSON, no or non-text `text_field`) raises BadRe
 file, line and fields, or is skipped and counted (`bad_record`) with `skip_bad_records=True`.
 `ReadStats` keeps the counts: documents_read = documents yielded + sum(skipped).
 """
+
 from __future__ import annotations
 
 import bz2
@@ -33,9 +34,10 @@ import io
 import json
 import lzma
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from ..errors import BadRecordError, DataError
 
@@ -390,7 +392,8 @@ class DocumentReader:
             if isinstance(dataset, datasets.DatasetDict):
                 if split not in dataset:
                     raise DataError(
-                        f"{source.location} has no split {split!r}; it has {sorted(dataset)} (choose with --dataset-split)"
+                        f"{source.location} has no split {split!r}; it has {sorted(dataset)} "
+                        "(choose with --dataset-split)"
                     )
                 dataset = dataset[split]
         else:

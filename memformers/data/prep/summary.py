@@ -57,7 +57,7 @@ class ShardingSummary:
         already_complete: bool = False,
         ignored_files: list[str] | None = None,
         bad_record_examples: list[str] | None = None,
-    ) -> "ShardingSummary":
+    ) -> ShardingSummary:
         """The summary of the work `record` describes; shards not written by this run were reused."""
         stats, splits = record["stats"], split_totals(record["splits"])
         return cls(
@@ -79,13 +79,16 @@ class ShardingSummary:
         )
 
     @classmethod
-    def of_finished(cls, out: Path, *, seconds: float, workers: int, label: str = "shard directory") -> "ShardingSummary":
+    def of_finished(cls, out: Path, *, seconds: float, workers: int, label: str = "shard directory") -> ShardingSummary:
         """The summary of a finished SHARD_DIR that a run found complete (nothing to do)."""
-        return cls.from_record(read_manifest(out), out, seconds=seconds, workers=workers, label=label,
-                               already_complete=True)
+        return cls.from_record(
+            read_manifest(out), out, seconds=seconds, workers=workers, label=label, already_complete=True
+        )
 
     def format(self) -> str:
-        lines = [f"{self.label}: {self.output}" + ("  (already complete: nothing to do)" if self.already_complete else "")]
+        lines = [
+            f"{self.label}: {self.output}" + ("  (already complete: nothing to do)" if self.already_complete else "")
+        ]
         skipped = sum(self.skipped.values())
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.skipped.items()) if v) or "none"
         lines += [
@@ -106,10 +109,14 @@ class ShardingSummary:
                 f"with {self.workers} worker(s)"
             )
         if self.ignored_files:
-            lines.append(f"  ignored {len(self.ignored_files)} files of unsupported types, e.g. {self.ignored_files[0]}")
+            lines.append(
+                f"  ignored {len(self.ignored_files)} files of unsupported types, e.g. {self.ignored_files[0]}"
+            )
         for example in self.bad_record_examples:
             lines.append(f"  skipped bad record: {example}")
-        lines.append("  reconciles: read = written + skipped" if self.reconciles else "  WARNING: counts do not reconcile")
+        lines.append(
+            "  reconciles: read = written + skipped" if self.reconciles else "  WARNING: counts do not reconcile"
+        )
         return "\n".join(lines)
 
 

@@ -13,19 +13,21 @@ characters outside the vocabulary (decoded back to the same bytes, so nothing be
 `decode(encode(text)) == text`. A `<` is always its own pre-token, so text such as "<s>" or "<0x41>"
 in a document can never match the special or byte-fallback pieces.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import TokenizerError
-from .sources import DocumentReader
 from ..tokenizer import load_tokenizer, special_ids
+from .sources import DocumentReader
 
 SPECIAL_PIECES = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
 MASK_PIECE = "<mask>"
@@ -149,8 +151,14 @@ def build_hf_tokenizer(model_proto: bytes) -> Any:
     return tokenizer
 
 
-def _train_sentencepiece(feed: _Feed, model_type: str, vocab_size: int, character_coverage: float,
-                         max_sentences: int, num_threads: int | None) -> bytes:
+def _train_sentencepiece(
+    feed: _Feed,
+    model_type: str,
+    vocab_size: int,
+    character_coverage: float,
+    max_sentences: int,
+    num_threads: int | None,
+) -> bytes:
     """SentencePiece's model proto trained on `feed`'s lines with BART's special pieces and byte fallback."""
     import sentencepiece as spm
 
@@ -244,11 +252,14 @@ def train_tokenizer(
         feed = _Feed(reader, bar)
         spm.set_random_generator_seed(seed)
         try:
-            model_proto = _train_sentencepiece(feed, model_type, vocab_size, character_coverage, max_sentences,
-                                               num_threads)
+            model_proto = _train_sentencepiece(
+                feed, model_type, vocab_size, character_coverage, max_sentences, num_threads
+            )
         except RuntimeError as exc:
             if feed.lines == 0:
-                raise TokenizerError(f"no text to train on: every document was skipped ({dict(reader.stats.skipped)})") from exc
+                raise TokenizerError(
+                    f"no text to train on: every document was skipped ({dict(reader.stats.skipped)})"
+                ) from exc
             raise TokenizerError(f"SentencePiece training failed: {exc}") from exc
     out = Path(output_dir)
     _save_hf_tokenizer(model_proto, out)

@@ -7,6 +7,7 @@ into segments of 1..segment_length tokens, and ids inside the vocabulary; docume
 counts as in the manifest; and agreement with the split's index.npy (byte spans, counts, CRC-32). One
 shard at a time is read into memory; segment lengths are kept as histograms.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -59,7 +60,9 @@ class DirCheck:
         return not self.problems and not self.bad_shards
 
 
-def check_shard(shard_dir: Path, entry: dict[str, Any], rows: np.ndarray | None, segment_length: int, vocab_size: int) -> ShardCheck:
+def check_shard(
+    shard_dir: Path, entry: dict[str, Any], rows: np.ndarray | None, segment_length: int, vocab_size: int
+) -> ShardCheck:
     """Check one shard against its manifest entry and its rows of index.npy (None: index unreadable)."""
     check = ShardCheck(entry["path"], segment_lengths=np.zeros(segment_length + 1, dtype=np.int64))
     path = shard_dir / entry["path"]

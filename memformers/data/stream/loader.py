@@ -28,23 +28,25 @@ stopped); once an iteration has run to the end of the last epoch, the next one i
 start, so a loader with `epochs=1` can be iterated once per evaluation. With `epochs=None` it cycles
 epochs forever. Damaged shards raise ShardError naming the shard.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import DataError
 from ..format.manifest import MANIFEST_NAME, read_manifest, split_entry
-from .schedule import EpochPlan, plan_epoch
 from ..format.reader import SplitReader
 from ..format.samples import Sample
+from .schedule import EpochPlan, plan_epoch
 
 STATE_VERSION = 1
 _END = object()
@@ -148,7 +150,11 @@ class SegmentStreamLoader:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
         mine = self.state_dict()
-        differ = [k for k in ("seed", "world_size", "lanes", "split", "segment_length", "corpus_sha256") if state[k] != mine[k]]
+        differ = [
+            k
+            for k in ("seed", "world_size", "lanes", "split", "segment_length", "corpus_sha256")
+            if state[k] != mine[k]
+        ]
         if differ:
             raise ValueError(
                 "cannot resume exactly: the loader state was taken with other "
@@ -175,7 +181,9 @@ class SegmentStreamLoader:
                 return
             items: queue.Queue = queue.Queue(maxsize=self.prefetch)
             stop = threading.Event()
-            thread = threading.Thread(target=self._run, args=(epoch, batch, items, stop), daemon=True, name="segment-prefetch")
+            thread = threading.Thread(
+                target=self._run, args=(epoch, batch, items, stop), daemon=True, name="segment-prefetch"
+            )
             thread.start()
             try:
                 while True:
@@ -214,7 +222,9 @@ class SegmentStreamLoader:
         except BaseException as exc:  # handed to the consumer, which re-raises it
             _put(items, exc, stop)
 
-    def _produce(self, epoch: int, batch: int, stop: threading.Event) -> Iterator[tuple[dict[str, Any], tuple[int, int]]]:
+    def _produce(
+        self, epoch: int, batch: int, stop: threading.Event
+    ) -> Iterator[tuple[dict[str, Any], tuple[int, int]]]:
         """(batch, position after it) from (epoch, batch) on."""
         held: dict[int, tuple[int, Sample]] = {}  # lane -> (document, its sample)
         while (self.epochs is None or epoch < self.epochs) and not stop.is_set():
@@ -230,7 +240,9 @@ class SegmentStreamLoader:
             epoch, batch = epoch + 1, 0
             held.clear()
 
-    def _assemble(self, slots: list[tuple[int, int] | None], held: dict[int, tuple[int, Sample]], epoch: int) -> dict[str, Any]:
+    def _assemble(
+        self, slots: list[tuple[int, int] | None], held: dict[int, tuple[int, Sample]], epoch: int
+    ) -> dict[str, Any]:
         lanes = self.lanes
         segments: list[np.ndarray | None] = [None] * lanes
         doc_ids = [""] * lanes

@@ -18,11 +18,12 @@ stream is just (epoch, batch):
 Cost: O(D log lanes) Python work per epoch for D documents in the split (about a second per million
 documents), done once per epoch in the loader's prefetch thread.
 """
+
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -53,11 +54,11 @@ def assign_lanes(counts: Sequence[int] | np.ndarray, lanes: int) -> tuple[np.nda
         raise ValueError(f"lanes must be >= 1, got {lanes}")
     lane = np.empty(len(counts), dtype=np.int64)
     start = np.empty(len(counts), dtype=np.int64)
-    free = [(0, l) for l in range(lanes)]  # (batch at which the lane is free, lane): a heap
+    free = [(0, ln) for ln in range(lanes)]  # (batch at which the lane is free, lane): a heap
     for i, count in enumerate(np.asarray(counts).tolist()):
-        t, l = free[0]
-        lane[i], start[i] = l, t
-        heapq.heapreplace(free, (t + count, l))
+        t, ln = free[0]
+        lane[i], start[i] = ln, t
+        heapq.heapreplace(free, (t + count, ln))
     return lane, start, max(t for t, _ in free)
 
 
@@ -82,7 +83,7 @@ class EpochPlan:
 
     def iter_slots(self, start_batch: int = 0) -> Iterator[list[tuple[int, int] | None]]:
         """From batch `start_batch` on: per batch, per lane, (document, segment index) or None (padding)."""
-        per_lane = [np.flatnonzero(self.lane == l) for l in range(self.lanes)]  # in start order
+        per_lane = [np.flatnonzero(self.lane == ln) for ln in range(self.lanes)]  # in start order
         starts = [self.start[ix] for ix in per_lane]
         # The document each lane holds at start_batch: the last one starting at or before it.
         pointer = [max(int(np.searchsorted(s, start_batch, side="right")) - 1, 0) for s in starts]
@@ -90,12 +91,12 @@ class EpochPlan:
         lane_items = [ix.tolist() for ix in per_lane]
         for batch in range(start_batch, self.num_batches):
             slots: list[tuple[int, int] | None] = []
-            for l in range(self.lanes):
-                items = lane_items[l]
-                p = pointer[l]
+            for ln in range(self.lanes):
+                items = lane_items[ln]
+                p = pointer[ln]
                 while p < len(items) and batch >= start[items[p]] + counts[items[p]]:
                     p += 1
-                pointer[l] = p
+                pointer[ln] = p
                 if p < len(items) and batch >= start[items[p]]:
                     i = items[p]
                     slots.append((docs[i], batch - start[i]))

@@ -451,7 +451,9 @@ class MemBartModel(MemBartPreTrainedModel):
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("Pass `decoder_input_ids` (or `decoder_inputs_embeds`), or `input_ids` to shift.")
-            decoder_input_ids = shift_tokens_right(input_ids, self.config.pad_token_id, self.config.decoder_start_token_id)
+            decoder_input_ids = shift_tokens_right(
+                input_ids, self.config.pad_token_id, self.config.decoder_start_token_id
+            )
 
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
@@ -471,8 +473,11 @@ class MemBartModel(MemBartPreTrainedModel):
             )
         cross_mask = _cross_attention_mask(encoder_outputs, attention_mask, self.config.memory_len)
 
-        decoder_kwargs = {k: v for k, v in (("output_attentions", output_attentions),
-                                            ("output_hidden_states", output_hidden_states)) if v is not None}
+        decoder_kwargs = {
+            k: v
+            for k, v in (("output_attentions", output_attentions), ("output_hidden_states", output_hidden_states))
+            if v is not None
+        }
         decoder_outputs = self.decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
@@ -596,7 +601,7 @@ class MemBartForConditionalGeneration(MemBartPreTrainedModel, GenerationMixin):
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
     @classmethod
-    def from_bart(cls, bart, memory_len: int, **config_overrides) -> "MemBartForConditionalGeneration":
+    def from_bart(cls, bart, memory_len: int, **config_overrides) -> MemBartForConditionalGeneration:
         """Build a MemBART from a pretrained `BartForConditionalGeneration` (a model, or a path / hub name).
 
         Every BART weight is copied. Each memory twin (`mem_*` projections, layer norms and feed-forward) starts as
@@ -617,8 +622,16 @@ class MemBartForConditionalGeneration(MemBartPreTrainedModel, GenerationMixin):
         state = dict(bart_state)
         for layer in range(config.encoder_layers):
             prefix = f"model.encoder.layers.{layer}."
-            for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",
-                         "self_attn_layer_norm", "fc1", "fc2", "final_layer_norm"):
+            for name in (
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.out_proj",
+                "self_attn_layer_norm",
+                "fc1",
+                "fc2",
+                "final_layer_norm",
+            ):
                 memory_name = name.replace("self_attn.", "self_attn.mem_") if "proj" in name else "mem_" + name
                 for tensor in ("weight", "bias"):
                     state[f"{prefix}{memory_name}.{tensor}"] = bart_state[f"{prefix}{name}.{tensor}"].clone()
