@@ -16,7 +16,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from memformers.training.checkpoint import Checkpointer
+from memformers.training.checkpoint import Checkpointer, CheckpointError
 from memformers.training.config import ConfigError, load_config
 from memformers.training.corpus import Corpus
 from memformers.training.distributed import init_runtime, seed_everything
@@ -79,18 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(
         cfg, tokenizer_size=len(corpus.tokenizer), special_ids=corpus.special, segment_length=corpus.segment_length
     )
-    engine = build_engine(model, cfg, runtime)
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, runtime)
+    layout = checkpointer.resume_layout()  # None: a fresh run
+    engine = build_engine(model, cfg, runtime, load_universal=layout is not None and layout.universal)
     loader = corpus.stream("train", cfg.train.epochs)
 
-    # --- state: fresh, or resumed from RUN_DIR/checkpoints/latest -----------------------------------------------
+    # --- state: fresh, or resumed from RUN_DIR/checkpoints/latest, on this run's shape ---------------------------
     state = TrainState(memory=initial_memory(engine, cfg.data.lanes, runtime.device))
-    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep, runtime)
-    resume_tag = checkpointer.latest_tag()
-    if resume_tag is not None:
-        state.load(checkpointer, resume_tag, engine, loader)
+    try:
+        notes = state.load(checkpointer, layout, engine, loader) if layout else []
+    except CheckpointError as error:
+        print(f"resume error: {error}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     if runtime.is_main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    resume_tag = layout.tag if layout else None
     logger = start_logging(cfg, runtime, state, resume_tag, corpus.segment_length, parameter_count(model))
+    for note in notes:
+        logger.write(note)
     if state.step >= cfg.train.max_steps:  # only a resumed run starts there
         logger.write(f"nothing to do: {resume_tag} already reached train.max_steps={cfg.train.max_steps}")
         logger.close()

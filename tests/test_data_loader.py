@@ -1,4 +1,5 @@
-"""The lane schedule (pure) and SegmentStreamLoader: exactly-once, in order, ranks, epochs, resume."""
+"""The global-lane schedule (pure) and SegmentStreamLoader: exactly-once, in order, ranks, epochs, resume on any
+shape (elastic), the version-1 carry-over."""
 
 from __future__ import annotations
 
@@ -12,43 +13,58 @@ import pytest
 import torch
 from data_fixtures import SEGMENT_LENGTH
 
-from memformers.data import (  # noqa: E402
+from memformers.data import (
     DataError,
+    EpochOrder,
+    Schedule,
     SegmentStreamLoader,
     SplitReader,
-    assign_lanes,
-    epoch_order,
-    plan_epoch,
+    StreamState,
     read_manifest,
 )
+from memformers.data.stream.legacy import assign_lanes_v1, epoch_order_v1, state_from_v1
 
 # -- the schedule, pure ---------------------------------------------------------------------------------
 
+SHAPES = [(w, lanes) for w in (1, 2, 3) for lanes in range(1, 6)]
 
-def _check_schedule(counts: np.ndarray, world_size: int, lanes: int, seed: int, epoch: int) -> None:
+
+def _stream(counts: np.ndarray, shapes: list[tuple[int, int]], cuts: list[int], seed: int = 5) -> list[list]:
+    """Run one epoch of the global schedule, re-spread to shapes[i + 1] (world size, lanes) before batch cuts[i]
+    as a resumed run is; per batch, per global lane of that batch's shape, the Slot or None."""
+    schedule = Schedule(counts, seed)
+    state = StreamState.fresh(shapes[0][0] * shapes[0][1])
+    batches: list[list] = []
+    pending = list(zip(cuts, shapes[1:]))
+    while True:
+        if pending and len(batches) == pending[0][0]:
+            world_size, lanes = pending.pop(0)[1]
+            state = StreamState.from_dict(state.as_dict()).resize(world_size * lanes)  # through its saved form
+        slots = schedule.next_batch(state)
+        if slots is None:
+            return batches
+        batches.append(slots)
+
+
+def _check_exactly_once(counts: np.ndarray, batches: list[list]) -> None:
+    """Every segment once, in order, at consecutive batches on one lane unless it moved (then `restored`);
+    a document's first segment is never restored, a later one is restored only where its lane changed."""
     seen: dict[int, list[int]] = defaultdict(list)
-    lengths = set()
-    for rank in range(world_size):
-        plan = plan_epoch(counts, seed=seed, epoch=epoch, rank=rank, world_size=world_size, lanes=lanes)
-        lengths.add(plan.num_batches)
-        batches = list(plan.iter_slots())
-        assert len(batches) == plan.num_batches
-        for lane in range(lanes):
-            stream = [b[lane] for b in batches]
-            held = [s for s in stream if s is not None]
-            # a lane emits a document's segments contiguously and in order, then the next document
-            for (doc, k), nxt in zip(held, held[1:]):
-                assert nxt == (doc, k + 1) or (nxt[1] == 0 and k == counts[doc] - 1)
-            if held:
-                assert held[0][1] == 0 and held[-1][1] == counts[held[-1][0]] - 1
-                first_idle = next((i for i, s in enumerate(stream) if s is None), len(stream))
-                assert all(s is None for s in stream[first_idle:])  # idle only at the end
-            for doc, k in held:
-                seen[doc].append(k)
-    assert len(lengths) == 1  # every rank yields the same number of batches
+    where: dict[int, tuple[int, int]] = {}  # doc -> (lane, batch) of its last segment
+    for b, slots in enumerate(batches):
+        for lane, slot in enumerate(slots):
+            if slot is None:
+                continue
+            seen[slot.doc].append(slot.segment)
+            if slot.segment == 0:
+                assert not slot.restored
+            else:
+                last_lane, last_batch = where[slot.doc]
+                assert slot.restored == (last_lane != lane or last_batch != b - 1), (slot, where[slot.doc], lane, b)
+            where[slot.doc] = (lane, b)
     assert sorted(seen) == list(range(counts.size))
     for doc, ks in seen.items():
-        assert ks == list(range(counts[doc]))  # every segment exactly once, in order
+        assert ks == list(range(counts[doc])), doc
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -57,22 +73,65 @@ def test_schedule_exactly_once_in_order(world_size: int, lanes: int) -> None:
     rng = np.random.default_rng(world_size * 10 + lanes)
     for num_docs in (1, 2, 7, 40):
         counts = rng.integers(1, 12, size=num_docs)
-        _check_schedule(counts, world_size, lanes, seed=5, epoch=int(rng.integers(0, 3)))
+        batches = _stream(counts, [(world_size, lanes)], [])
+        _check_exactly_once(counts, batches)
+        assert all(not s.restored for slots in batches for s in slots if s is not None)
+        for lane in range(world_size * lanes):  # a lane idles only once nothing is left to take
+            stream = [slots[lane] for slots in batches]
+            first_idle = next((i for i, s in enumerate(stream) if s is None), len(stream))
+            assert all(s is None for s in stream[first_idle:])
 
 
-def test_schedule_is_deterministic_and_shuffled_per_epoch() -> None:
-    assert np.array_equal(epoch_order(100, 1, 0), epoch_order(100, 1, 0))
-    assert not np.array_equal(epoch_order(100, 1, 0), epoch_order(100, 1, 1))
-    assert not np.array_equal(epoch_order(100, 1, 0), epoch_order(100, 2, 0))
-    assert sorted(epoch_order(100, 1, 0)) == list(range(100))
+def test_schedule_resumed_on_every_other_shape_yields_each_segment_once() -> None:
+    """World sizes 1-3 x lanes 1-5, resumed on every other shape at several positions (and back again)."""
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 9, size=30)
+    for old in SHAPES:
+        length = len(_stream(counts, [old], []))
+        for new in SHAPES:
+            if new == old:
+                continue
+            for cut in (1, length // 3, length // 2, length - 1):
+                _check_exactly_once(counts, _stream(counts, [old, new, old], [cut, cut + 3]))
+
+
+def test_schedule_same_global_lanes_is_an_exact_continuation() -> None:
+    counts = np.random.default_rng(1).integers(1, 9, size=40)
+    whole = _stream(counts, [(2, 4)], [])
+    for shape in ((1, 8), (4, 2), (8, 1)):
+        for cut in (1, 7, len(whole) - 1):
+            assert _stream(counts, [(2, 4), shape], [cut]) == whole
+
+
+def test_epoch_order_is_a_keyed_permutation() -> None:
+    order = lambda n, seed, epoch: [EpochOrder(n, seed, epoch)[p] for p in range(n)]  # noqa: E731
+    assert order(100, 1, 0) == order(100, 1, 0)
+    assert order(100, 1, 0) != order(100, 1, 1) and order(100, 1, 0) != order(100, 2, 0)
+    for n in (1, 2, 3, 5, 64, 65, 1000):
+        assert sorted(order(n, 7, 2)) == list(range(n))
     # pinned: the order must not change across library versions (resume across upgrades)
-    assert epoch_order(8, 0, 0).tolist() == [0, 1, 6, 3, 5, 4, 2, 7]
-    assert epoch_order(8, 12345, 3).tolist() == [5, 3, 2, 6, 1, 4, 7, 0]
+    assert order(8, 0, 0) == [6, 2, 7, 0, 1, 3, 5, 4]
+    assert order(8, 12345, 3) == [5, 3, 6, 7, 2, 4, 1, 0]
 
 
-def test_lane_assignment_is_greedy_by_free_time() -> None:
-    lane, start, length = assign_lanes([3, 1, 1, 2, 5], lanes=2)
-    assert lane.tolist() == [0, 1, 1, 1, 0] and start.tolist() == [0, 0, 1, 2, 3] and length == 8
+def test_version_1_position_continues_without_loss() -> None:
+    """A version-1 (per-rank) position carried into the global schedule: the segments the old schedule emitted
+    before it plus those the new one emits after it are every segment of the epoch once, in order."""
+    counts = np.random.default_rng(2).integers(1, 9, size=25)
+    for world_size, lanes, batch in ((1, 3, 4), (2, 2, 5), (3, 1, 2), (2, 3, 1)):
+        order = epoch_order_v1(counts.size, 5, 0)
+        emitted: dict[int, list[int]] = defaultdict(list)
+        for rank in range(world_size):
+            docs = order[rank::world_size]
+            for doc, start in zip(docs.tolist(), assign_lanes_v1(counts[docs], lanes)[1]):
+                emitted[doc] += list(range(min(counts[doc], max(0, batch - start))))
+        state = state_from_v1(counts, 5, 0, batch, world_size, lanes)
+        schedule = Schedule(counts, 5)
+        while (slots := schedule.next_batch(state)) is not None:
+            for slot in slots:
+                if slot is not None:
+                    emitted[slot.doc].append(slot.segment)
+        assert {d: ks for d, ks in emitted.items() if ks} == {d: list(range(c)) for d, c in enumerate(counts)}
 
 
 # -- the loader on real shards ------------------------------------------------------------------------
@@ -125,11 +184,23 @@ def test_every_segment_exactly_once_in_order_on_one_rank_and_lane(shard_dir: Pat
 
 def test_batch_contract(shard_dir: Path) -> None:
     batch = next(iter(SegmentStreamLoader(shard_dir, "val", lanes=4, segment_length=SEGMENT_LENGTH, seed=0)))
-    assert set(batch) == {"input_ids", "attention_mask", "resets", "valid", "doc_ids", "segment_index", "epoch"}
+    assert set(batch) == {
+        "input_ids",
+        "attention_mask",
+        "resets",
+        "restore",
+        "valid",
+        "doc_ids",
+        "doc_index",
+        "segment_index",
+        "epoch",
+    }
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape[0] == 4
     assert batch["input_ids"].shape[1] <= SEGMENT_LENGTH + 2
     assert batch["attention_mask"].dtype == torch.bool and batch["attention_mask"].shape == batch["input_ids"].shape
     assert batch["resets"].dtype == torch.bool and batch["valid"].dtype == torch.bool and batch["resets"].all()
+    assert batch["restore"].dtype == torch.bool and not batch["restore"].any()
+    assert batch["doc_index"].dtype == torch.long and (batch["doc_index"][batch["valid"]] >= 0).all()
     assert batch["segment_index"].dtype == torch.long and isinstance(batch["doc_ids"], list) and batch["epoch"] == 0
 
 
@@ -140,18 +211,24 @@ def test_padding_lanes_when_a_rank_has_fewer_documents_than_lanes(shard_dir: Pat
     assert sum(int((b["valid"] & b["resets"]).sum()) for b in batches) == num_val
 
 
+TENSORS = ("input_ids", "attention_mask", "resets", "restore", "valid", "doc_index", "segment_index")
+
+
 def _same(a: list[dict], b: list[dict]) -> bool:
     return len(a) == len(b) and all(
-        x["doc_ids"] == y["doc_ids"] and x["epoch"] == y["epoch"]
-        and all(torch.equal(x[k], y[k]) for k in ("input_ids", "attention_mask", "resets", "valid", "segment_index"))
+        x["doc_ids"] == y["doc_ids"] and x["epoch"] == y["epoch"] and all(torch.equal(x[k], y[k]) for k in TENSORS)
         for x, y in zip(a, b)
-    )  # fmt: skip
+    )
+
+
+def _epoch_lengths(batches: list[dict]) -> list[int]:
+    return [sum(1 for b in batches if b["epoch"] == e) for e in range(batches[-1]["epoch"] + 1)]
 
 
 def test_epochs_seed_and_infinite_cycling(shard_dir: Path) -> None:
     loader = SegmentStreamLoader(shard_dir, "train", lanes=2, segment_length=SEGMENT_LENGTH, seed=3, epochs=2)
     batches = list(loader)
-    n0, n1 = loader.batches_in_epoch(0), loader.batches_in_epoch(1)
+    n0, n1 = _epoch_lengths(batches)
     assert len(batches) == n0 + n1 and [b["epoch"] for b in batches] == [0] * n0 + [1] * n1
     first = [b["doc_ids"] for b in batches[:n0]]
     assert first != [b["doc_ids"] for b in batches[n0 : n0 + n0]]  # reshuffled
@@ -167,7 +244,7 @@ def test_epochs_seed_and_infinite_cycling(shard_dir: Path) -> None:
 def test_resume_from_any_batch_yields_the_same_batches(shard_dir: Path, prefetch: int) -> None:
     settings = dict(rank=1, world_size=2, lanes=3, segment_length=SEGMENT_LENGTH, seed=9, epochs=2, prefetch=prefetch)
     full = list(SegmentStreamLoader(shard_dir, "train", **settings))
-    n0 = SegmentStreamLoader(shard_dir, "train", **settings).batches_in_epoch(0)
+    n0 = _epoch_lengths(full)[0]
     for cut in (0, 1, 7, n0 - 1, n0, n0 + 3, len(full) - 1, len(full)):
         loader = SegmentStreamLoader(shard_dir, "train", **settings)
         head = list(itertools.islice(loader, cut))
@@ -186,8 +263,66 @@ def test_resume_from_any_batch_yields_the_same_batches(shard_dir: Path, prefetch
 def test_state_from_other_settings_is_refused(shard_dir: Path) -> None:
     loader = SegmentStreamLoader(shard_dir, "train", lanes=2, segment_length=SEGMENT_LENGTH, seed=1)
     other = SegmentStreamLoader(shard_dir, "train", lanes=3, segment_length=SEGMENT_LENGTH, seed=2)
-    with pytest.raises(ValueError, match=r"seed \(2, now 1\), lanes \(3, now 2\)"):
+    with pytest.raises(ValueError, match=r"seed \(2, now 1\); resume with the same seed"):
         loader.load_state_dict(other.state_dict())
+    val = SegmentStreamLoader(shard_dir, "val", lanes=2, segment_length=SEGMENT_LENGTH, seed=1)
+    with pytest.raises(ValueError, match=r"split \('val', now 'train'\)"):
+        loader.load_state_dict(val.state_dict())
+
+
+def _elastic_run(shards: Path, shapes: list[tuple[int, int]], cut: int, seed: int = 9) -> list[list[dict]]:
+    """Per shape, per rank, the batches: shape 0 for `cut` batches, then its state resumed on shape 1 to the end."""
+    world_size, lanes = shapes[0]
+    first = [
+        SegmentStreamLoader(
+            shards, "train", rank=r, world_size=world_size, lanes=lanes, seed=seed, segment_length=SEGMENT_LENGTH
+        )
+        for r in range(world_size)
+    ]
+    runs = [[list(itertools.islice(loader, cut)) for loader in first]]
+    state = first[0].state_dict()
+    assert all(loader.state_dict() == state for loader in first)  # the same global position on every rank
+    world_size, lanes = shapes[1]
+    second = []
+    for r in range(world_size):
+        loader = SegmentStreamLoader(
+            shards, "train", rank=r, world_size=world_size, lanes=lanes, seed=seed, segment_length=SEGMENT_LENGTH
+        )
+        loader.load_state_dict(state)
+        assert loader.resumed_from == (shapes[0] if shapes[0] != shapes[1] else None)
+        second.append(list(loader))
+    return runs + [second]
+
+
+@pytest.mark.parametrize("shapes", [((2, 3), (1, 2)), ((1, 2), (3, 2)), ((2, 2), (1, 4)), ((3, 1), (2, 3))])
+def test_elastic_resume_on_real_shards_yields_every_segment_once(shard_dir: Path, shapes) -> None:
+    """Resumed on another world size / lane count: every segment once per epoch, in order; resets only at first
+    segments; a document continued on another lane is flagged `restore`; all ranks yield as many batches."""
+    docs = _documents(shard_dir)
+    cut = 5
+    runs = _elastic_run(shard_dir, list(shapes), cut)
+    seen: dict[str, list[int]] = defaultdict(list)
+    last: dict[str, tuple[int, int]] = {}  # key -> (global lane, global batch) of its last segment
+    for phase, ranks in enumerate(runs):
+        assert len({len(batches) for batches in ranks}) == 1
+        for rank, batches in enumerate(ranks):
+            for b, batch in enumerate(batches):
+                lanes = batch["input_ids"].shape[0]
+                for lane in range(lanes):
+                    if not batch["valid"][lane]:
+                        continue
+                    key, k = batch["doc_ids"][lane], int(batch["segment_index"][lane])
+                    here = (rank * lanes + lane, b + phase * cut)
+                    seen[key].append(k)
+                    assert bool(batch["resets"][lane]) == (k == 0)
+                    if k:  # on the same global lane at the next batch, the lane's memory is the document's
+                        assert bool(batch["restore"][lane]) == (last[key] != (here[0], here[1] - 1)), (key, k)
+                    last[key] = here
+    assert set(seen) == set(docs)
+    assert all(ks == list(range(docs[key][1].size)) for key, ks in seen.items())
+    restored = sum(int(b["restore"].sum()) for batches in runs[1] for b in batches)
+    (w0, l0), (w1, l1) = shapes
+    assert (restored > 0) == (w1 * l1 < w0 * l0)  # documents wait for a lane only when lanes were taken away
 
 
 def test_transform_runs_in_the_prefetch_thread(shard_dir: Path) -> None:

@@ -248,6 +248,48 @@ def test_preemption_checkpoints_requeues_and_resumes(cluster: SlurmCluster, shar
     assert "attempt 1 on" in main_log and main_log.rstrip().endswith("done"), where
 
 
+@pytest.mark.distributed
+def test_preempted_on_two_nodes_resubmitted_on_one_resumes_and_finishes(
+    cluster: SlurmCluster, shards: Path, tmp_path: Path
+):
+    """A 2-node job (1 rank x 4 lanes each) preempted and not requeued (--no-requeue), then resubmitted on 1 node
+    with 8 lanes and the same run_dir: an elastic resume (8 global lanes either way: exact) that finishes."""
+    max_steps, run_dir = 10, tmp_path / "run"
+
+    def submit(nodes: int, *extra: str, wait: bool) -> subprocess.CompletedProcess:
+        cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), "--no-requeue", "-N", str(nodes),
+               "--partition", cluster.partition, "--gpus-per-node=0", "--time=02:00:00", "-J", "test-elastic",
+               "-o", str(tmp_path / "slurm-%j.out"), "slurm/pretrain.sh", TINY, f"run_dir={run_dir}",
+               f"data.path={shards}", f"train.max_steps={max_steps}", "checkpoint.every_steps=100", *TRAIN_ARGS,
+               *extra]  # fmt: skip
+        return cluster.run(cmd, env=job_env(cluster), timeout=400, check=False)
+
+    first = int(submit(2, wait=False).stdout.strip().split(";")[0])
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and len(train_steps(run_dir) if (run_dir / "metrics.jsonl").is_file() else []) < 2:
+            time.sleep(0.3)
+        cluster.run(["scancel", "--signal=USR1", "--batch", str(first)])
+        job = cluster.wait_job(
+            first, lambda j: j.get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING"), timeout=300
+        )
+    finally:
+        cluster.run(["scancel", str(first)], check=False)
+    where = context(cluster, run_dir, tmp_path / f"slurm-{first}.out")
+    assert job["Restarts"] == "0" and job["ExitCode"].startswith("75"), (job, where)  # stopped, not requeued
+    stopped = re.search(r"stop signal: checkpointed step (\d+)", "\n".join(node_logs(run_dir, first, 0).values()))
+    assert stopped and 2 <= int(stopped.group(1)) < max_steps, where
+
+    proc = submit(1, "data.lanes=8", wait=True)
+    second = int(proc.stdout.strip().split(";")[0])
+    where = context(cluster, run_dir, tmp_path / f"slurm-{second}.out")
+    assert proc.returncode == 0 and cluster.job(second)["NumNodes"] == "1", where
+    text = "\n".join(node_logs(run_dir, second, 0).values())
+    assert f"resumed from step-{int(stopped.group(1)):08d}" in text, where
+    assert "elastic resume: 2 ranks x 4 lanes -> 1 rank x 8 lanes (8 -> 8 global lanes: exact)" in text, where
+    assert f"done: step {max_steps}" in text and train_steps(run_dir) == list(range(1, max_steps + 1)), where
+
+
 # --- slurm/prepare_data.sh ------------------------------------------------------------------------------------------
 
 # A stand-in for data_prep/shard_documents.py with the slice interface prepare_data.sh drives (--num-slices N

@@ -8,8 +8,8 @@ Knows nothing of the model. Cut by stage:
   (sources.py) → a tokenizer (tokenizer_training.py) → token ids cut into segments (segmenting.py) → shards
   (pipeline.py, writer.py) + manifest, resumable (output.py), in one run or in slices (slices.py), through
   `shard_documents` (sharding.py); `check_shard_dir` verifies a SHARD_DIR (verify.py).
-* `stream/` — online reading for training: the lane schedule (schedule.py, pure) and `SegmentStreamLoader`
-  (loader.py): batches of one segment per lane, per rank, resumable.
+* `stream/` — online reading for training: the schedule over global lanes (schedule.py, pure) and
+  `SegmentStreamLoader` (loader.py): batches of one segment per lane, per rank, resumable on any shape.
 * tokenizer.py — loading and checking tokenizers, their identity, and the sentence-end rule.
 
 The command-line scripts are in `data_prep/`; the synthetic recall corpus is an evaluation concern
@@ -30,7 +30,7 @@ from .prep.sources import Document, DocumentReader, ReadStats
 from .prep.summary import ShardingSummary
 from .prep.tokenizer_training import TokenizerSummary, train_tokenizer
 from .prep.verify import DirCheck, ShardCheck, check_shard_dir, split_statistics
-from .stream.schedule import EpochPlan, assign_lanes, epoch_order, plan_epoch
+from .stream.schedule import EpochOrder, Schedule, Slot, StreamState
 from .tokenizer import (
     check_tokenizer,
     ends_sentence,
@@ -60,7 +60,7 @@ __all__ = [
     "DirCheck",
     "Document",
     "DocumentReader",
-    "EpochPlan",
+    "EpochOrder",
     "INDEX_DTYPE",
     "IncompleteSlicesError",
     "ManifestError",
@@ -69,18 +69,18 @@ __all__ = [
     "SegmentStreamLoader",
     "ShardCheck",
     "ShardError",
+    "Schedule",
     "ShardingSummary",
+    "Slot",
     "SplitReader",
+    "StreamState",
     "TokenizerError",
     "TokenizerSummary",
-    "assign_lanes",
     "check_shard_dir",
     "check_tokenizer",
     "ends_sentence",
-    "epoch_order",
     "is_shard_dir",
     "load_tokenizer",
-    "plan_epoch",
     "read_manifest",
     "segment_ends",
     "sentence_end_table",

@@ -91,8 +91,11 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_engine(model, cfg: PretrainConfig, runtime: Runtime):
-    """`deepspeed.initialize` with the JSON from `cfg.deepspeed` completed by `cfg`. Returns the engine."""
+def build_engine(model, cfg: PretrainConfig, runtime: Runtime, *, load_universal: bool = False):
+    """`deepspeed.initialize` with the JSON from `cfg.deepspeed` completed by `cfg`. Returns the engine.
+
+    `load_universal`: the checkpoint to resume is a DeepSpeed universal checkpoint (written for another world
+    size and converted, see checkpoint.Checkpointer.prepare): the engine then re-partitions its optimizer states."""
     import deepspeed
     from torch.optim.lr_scheduler import LambdaLR
 
@@ -104,6 +107,8 @@ def build_engine(model, cfg: PretrainConfig, runtime: Runtime):
     except json.JSONDecodeError as error:
         raise ConfigError(f"{ds_path}: invalid JSON at line {error.lineno}: {error.msg}") from None
     ds = deepspeed_config(cfg, ds_json, runtime.world_size, on_cpu=runtime.on_cpu)
+    if load_universal:
+        ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=parameter_groups(model, cfg.train.weight_decay),

@@ -46,10 +46,14 @@ def segment_forward(
         batch: `source_ids` `[lanes, S']`, `source_mask`, `labels` `[lanes, S]` (-100: no loss), `resets` `[lanes]`.
         memory: `[lanes, M, d]`.
         resets: overrides `batch["resets"]` (evaluation without memory resets every lane).
+        A batch with `restore_memory` `[lanes, M, d]` starts the lanes flagged in `restore` from those rows (documents
+        that waited for a lane continue with their parked memory).
     Returns:
         per-lane summed token loss `[lanes]` (fp32), per-lane target token counts `[lanes]`, new memory.
     """
     labels = batch["labels"]
+    if "restore_memory" in batch:
+        memory = torch.where(batch["restore"][:, None, None], batch["restore_memory"].to(memory.dtype), memory)
     out = model(
         input_ids=batch["source_ids"],
         attention_mask=batch["source_mask"],
@@ -85,8 +89,15 @@ def run_rollout(
     replay: bool,
     pad_id: int,
     decoder_start_id: int,
+    target_tokens: torch.Tensor | None = None,
+    loss_scale: float = 1.0,
 ) -> RolloutResult:
-    """Forward T segments carrying `memory`; returns the weighted loss to back-propagate once."""
+    """Forward T segments carrying `memory`; returns the weighted loss to back-propagate once.
+
+    Segment t's summed token loss is divided by `target_tokens[t]` (default: this process's target tokens of that
+    segment) and multiplied by `loss_scale`. Data-parallel training passes the counts over all ranks and the world
+    size (DeepSpeed averages the ranks' gradients): every token then weighs the same however lanes are spread.
+    """
     memory = memory.detach()
     loss = torch.zeros((), device=memory.device)
     loss_sum, tokens = torch.zeros((), device=memory.device), torch.zeros((), dtype=torch.long, device=memory.device)
@@ -107,8 +118,9 @@ def run_rollout(
                 model, batch, memory, pad_id=pad_id, decoder_start_id=decoder_start_id
             )
         count = lane_tokens.sum()
+        denominator = count if target_tokens is None else target_tokens[t]
         # a segment with no targets (every lane padding, at an epoch's end) adds nothing
-        loss = loss + weight * lane_loss.sum() / count.clamp(min=1)
+        loss = loss + weight * lane_loss.sum() * loss_scale / denominator.clamp(min=1)
         loss_sum = loss_sum + lane_loss.sum().detach()
         tokens = tokens + count
     return RolloutResult(loss, memory.detach(), loss_sum.item(), int(tokens.item()))

@@ -1,8 +1,16 @@
-"""What a run carries from step to step, and through a checkpoint to the run that resumes it.
+"""What a run carries from step to step, and through a checkpoint to the run that resumes it, on any shape.
 
-Per rank (`rank-XXXXX.pt`): the loader's position, every lane's memory, the RNG states. Rank 0
-(`trainer_state.json`): step, tokens, the wandb run id, the last evaluation and the resolved config. The model,
-optimizer and scheduler are DeepSpeed's part of the checkpoint (see `checkpoint.py` for the layout).
+Per rank (`rank-XXXXX.pt`): the loader's position (the global stream state, the same on every rank), the memory
+of the rank's lanes (global lanes rank × lanes …), the RNG states; rank 0 also the memories parked for documents
+that wait for a lane. Rank 0 (`trainer_state.json`): step, tokens, the wandb run id, the last evaluation, the
+shape and the resolved config. The model, optimizer and scheduler are DeepSpeed's part (see `checkpoint.py`).
+
+Elastic resume: a checkpoint written by W ranks × L lanes resumes on W' × L'. Each global lane g below both
+counts keeps its document and its memory (read from the old rank g // L, row g % L); with fewer global lanes the
+documents of the lanes beyond wait in the loader and their memories are *parked* here until a lane takes them
+(the loader flags that batch `restore`); new lanes start fresh. Without dropout, every step of a resume with the
+same global lane count computes what the uninterrupted run computes, up to float summation order (the loss is
+normalised by the step's global token count, see `step.py`); with dropout the draws depend on the rank layout.
 """
 
 from __future__ import annotations
@@ -11,15 +19,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .checkpoint import Checkpointer
+from memformers.data.stream.schedule import FREE
+
+from .checkpoint import Checkpointer, CheckpointError, Layout
 from .config import PretrainConfig
-from .distributed import rng_state, set_rng_state
+from .distributed import Runtime, rng_state, set_rng_state
 
 
 @dataclass
 class TrainState:
     memory: torch.Tensor
-    """Every lane's memory `[lanes, M, d]`, on this rank's device in the model's dtype: where the next rollout
+    """The memory of this rank's lanes `[lanes, M, d]`, on its device in the model's dtype: where the next rollout
     starts."""
     step: int = 0
     """Optimizer steps done."""
@@ -29,30 +39,97 @@ class TrainState:
     """The wandb run id, kept so that a resumed run logs to the same wandb run."""
     last_eval: dict = field(default_factory=dict)
     """The latest evaluation's record (empty before the first)."""
+    parked: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Memories `[M, d]` (CPU) of documents in flight that wait for a lane, by document number; the same on every
+    rank (each rank takes out the ones its lanes continue)."""
+    restored: int = 0
+    """Documents continued from a parked memory so far, all ranks."""
 
     def save(self, checkpointer: Checkpointer, engine, loader, config: PretrainConfig) -> str:
         """Checkpoint the engine, this state and `loader`'s position and the RNGs at `step`; `config` is recorded
         with it. Returns the tag. Collective: every rank calls it."""
-        return checkpointer.save(
-            engine,
-            self.step,
-            rank_state={"loader": loader.state_dict(), "memory": self.memory.cpu(), "rng": rng_state()},
-            trainer_state={
-                "step": self.step,
-                "tokens": self.tokens,
-                "wandb_id": self.wandb_id,
-                "last_eval": self.last_eval,
-                "config": config.to_dict(),
-            },
-            model_config_json=engine.module.config.to_json_string(),
-        )
+        waiting = {doc for doc, _ in loader.stream_state.parked}
+        self.parked = {doc: memory for doc, memory in self.parked.items() if doc in waiting}  # taken by any rank
+        rank_state = {"loader": loader.state_dict(), "memory": self.memory.cpu(), "rng": rng_state()}
+        if checkpointer.runtime.is_main:
+            rank_state["parked"] = self.parked
+        trainer_state = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "wandb_id": self.wandb_id,
+            "last_eval": self.last_eval,
+            "world_size": checkpointer.runtime.world_size,
+            "lanes": loader.lanes,
+            "restored_documents": self.restored,
+            "config": config.to_dict(),
+        }
+        return checkpointer.save(engine, self.step, rank_state, trainer_state, engine.module.config.to_json_string())
 
-    def load(self, checkpointer: Checkpointer, tag: str, engine, loader) -> None:
-        """Restore the engine, this state, `loader`'s position and the RNGs from checkpoint `tag`. The memory keeps
-        this state's device and dtype."""
-        rank_state, trainer_state = checkpointer.load(engine, tag)
-        loader.load_state_dict(rank_state["loader"])
-        self.memory = rank_state["memory"].to(self.memory.device, self.memory.dtype)
-        set_rng_state(rank_state["rng"])
+    def load(self, checkpointer: Checkpointer, layout: Layout, engine, loader) -> list[str]:
+        """Restore the engine, this state, `loader`'s position and the RNGs from the checkpoint `layout` names, on
+        this run's shape (module docstring). Returns the lines to log about a change of shape (none if the same).
+        The memory keeps this state's device and dtype. CheckpointError when the checkpoint was written with
+        another seed, corpus, split or segment length."""
+        runtime = checkpointer.runtime
+        trainer_state = checkpointer.load(engine, layout)
+        old = {0: checkpointer.rank_state(layout.tag, 0)}
+        try:
+            saved_stream = loader.saved_stream(old[0]["loader"])
+            loader.load_state_dict(old[0]["loader"])
+        except ValueError as error:
+            raise CheckpointError(f"cannot resume {checkpointer.root / layout.tag}: {error}") from None
+
+        def lane_memory(g: int) -> torch.Tensor:  # global lane g's memory as the checkpoint holds it
+            rank = g // layout.lanes
+            if rank not in old:
+                old[rank] = checkpointer.rank_state(layout.tag, rank)
+            return old[rank]["memory"][g % layout.lanes]
+
+        first = runtime.rank * loader.lanes
+        for i, g in enumerate(range(first, min(first + loader.lanes, layout.global_lanes))):
+            self.memory[i] = lane_memory(g).to(self.memory.device, self.memory.dtype)
+        self.parked = dict(old[0].get("parked", {}))
+        for g in range(loader.global_lanes, layout.global_lanes):  # lanes taken away: their documents wait
+            if saved_stream.lane_doc[g] != FREE:
+                self.parked[saved_stream.lane_doc[g]] = lane_memory(g).clone()
+        rank_rng = old[runtime.rank] if runtime.rank in old else None
+        if rank_rng is None and runtime.rank < layout.world_size:
+            rank_rng = checkpointer.rank_state(layout.tag, runtime.rank)
+        set_rng_state((rank_rng or old[0])["rng"])  # a new rank continues rank 0's streams
         self.step, self.tokens = trainer_state["step"], trainer_state["tokens"]
         self.wandb_id, self.last_eval = trainer_state.get("wandb_id"), trainer_state.get("last_eval", {})
+        self.restored = trainer_state.get("restored_documents", 0)
+        return [] if loader.resumed_from is None else [elastic_note(layout, runtime, loader.lanes, len(self.parked))]
+
+
+def elastic_note(layout: Layout, runtime: Runtime, lanes: int, waiting: int) -> str:
+    """The log line of a resume on another shape: what changed and what that means for the data."""
+    before, after = layout.global_lanes, runtime.world_size * lanes
+    if after == before:
+        what = "exact"
+    elif after < before:
+        what = f"{waiting} documents in flight wait for a lane, their memory parked"
+    else:
+        what = f"{after - before} new lanes take the next documents"
+    ranks = lambda n: f"{n} rank{'s' if n != 1 else ''}"  # noqa: E731
+    line = (
+        f"elastic resume: {ranks(layout.world_size)} x {layout.lanes} lanes -> {ranks(runtime.world_size)} x "
+        f"{lanes} lanes ({before} -> {after} global lanes: {what})"
+    )
+    return line + ("; optimizer states re-partitioned through a universal checkpoint" if layout.universal else "")
+
+
+def attach_parked(batch: dict, parked: dict[int, torch.Tensor]) -> int:
+    """For the lanes of a (CPU) batch that continue a waiting document, put its parked memory in
+    `batch["restore_memory"]` `[lanes, M, d]` (taken out of `parked`); returns how many lanes do."""
+    restore = batch["restore"]
+    if not bool(restore.any()):
+        return 0
+    lanes = [int(lane) for lane in torch.nonzero(restore).flatten()]
+    rows = {lane: parked.pop(int(batch["doc_index"][lane])) for lane in lanes}
+    sample = next(iter(rows.values()))
+    memory = torch.zeros((restore.shape[0], *sample.shape), dtype=sample.dtype)
+    for lane, row in rows.items():
+        memory[lane] = row
+    batch["restore_memory"] = memory
+    return len(rows)

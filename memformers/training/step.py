@@ -14,7 +14,7 @@ from .config import TrainSection
 from .distributed import Runtime, all_reduce, peak_tflops
 from .engine import flops_per_token
 from .recurrence import loss_weights, run_rollout
-from .state import TrainState
+from .state import TrainState, attach_parked
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,21 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
 
     The record: step, loss (per target token, all ranks), lr (the one this step applied), tokens (so far, all
     ranks), tokens_per_s, grad_norm (None exactly when the update was skipped: a non-finite loss or gradient), mfu
-    (None without a peak), step_time_s, skipped_steps (so far). Collective: every rank calls it.
+    (None without a peak), step_time_s, skipped_steps (so far), restored_documents (documents continued from a
+    parked memory so far, after an elastic resume on fewer lanes). Collective: every rank calls it.
     """
     started, lr = time.perf_counter(), engine.get_lr()[0]  # the lr this step applies
-    step_loss, step_tokens = 0.0, 0
+    step_loss, step_tokens, restored = 0.0, 0, 0
     for _ in range(spec.rollouts):
-        segments = take(batches, spec.time_horizon, spec.device)
+        segments = take(
+            batches, spec.time_horizon, spec.device, prepare=lambda b: b.update(restored=attach_parked(b, state.parked))
+        )
         if segments is None:
             return None
+        restored += sum(batch["restored"] for batch in segments)
+        # the loss of every segment is normalised by its target tokens over all ranks: the gradient is then the
+        # same however the lanes are spread over ranks (elastic resume is exact)
+        target_tokens = all_reduce(torch.stack([(batch["labels"] != -100).sum() for batch in segments]))
         result = run_rollout(
             engine,
             segments,
@@ -75,6 +82,8 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
             replay=spec.replay,
             pad_id=spec.pad_id,
             decoder_start_id=spec.decoder_start_id,
+            target_tokens=target_tokens,
+            loss_scale=float(spec.world_size),
         )
         engine.backward(result.loss)
         engine.step()
@@ -82,9 +91,10 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
         step_loss, step_tokens = step_loss + result.loss_sum, step_tokens + result.tokens
     state.step += 1
 
-    totals = all_reduce(torch.tensor([step_loss, float(step_tokens)], dtype=torch.float64, device=spec.device))
+    totals = all_reduce(torch.tensor([step_loss, step_tokens, restored], dtype=torch.float64, device=spec.device))
     elapsed = time.perf_counter() - started
     state.tokens += int(totals[1].item())
+    state.restored += int(totals[2].item())
     applied = engine.was_step_applied()
     tokens_per_s = totals[1].item() / elapsed
     peak = spec.peak_tflops
@@ -98,6 +108,7 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
         "mfu": tokens_per_s * spec.flops_per_token / (spec.world_size * peak * 1e12) if peak else None,
         "step_time_s": elapsed,
         "skipped_steps": engine.skipped_steps,
+        "restored_documents": state.restored,
     }
 
 

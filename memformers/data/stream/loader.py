@@ -5,21 +5,27 @@ Contract (NOTES.md). Each batch is a dict:
     input_ids      LongTensor [lanes, S]  <s> segment </s> then pad; S = longest segment in the batch + 2
     attention_mask BoolTensor [lanes, S]
     resets         BoolTensor [lanes]     True at a document's first segment (and on padding lanes)
+    restore        BoolTensor [lanes]     True where a lane continues a document that waited for a lane (after a
+                                          resume with fewer global lanes): its memory is the document's parked one
     valid          BoolTensor [lanes]     False for padding lanes (input_ids <s></s> + pad)
     doc_ids        list[str]              document keys, "" for padding lanes
+    doc_index      LongTensor [lanes]     document number in the split's index, -1 for padding lanes
     segment_index  LongTensor [lanes]     index of the segment in its document, -1 for padding lanes
     epoch          int
 
-Which segment each lane emits when is the schedule of schedule.py: per epoch the split's documents
-are shuffled from (seed, epoch), dealt to ranks disjointly, and each lane of a rank emits one
-document's segments in order, then takes the rank's next document; every rank yields the same number
-of batches per epoch, padding lanes marked invalid. Over an epoch every segment of every document is
-yielded exactly once, in order, on one rank and lane. Ranks must pass the same `seed`.
+Which segment each lane emits when is the schedule of schedule.py, over *global* lanes (rank × lanes + lane): per
+epoch the split's documents are visited in a keyed order from (seed, epoch) and dealt to whichever global lane is
+free; each lane emits one document's segments in order, then takes the next. Every rank advances the same global
+schedule and yields its own lanes, so all ranks yield the same number of batches per epoch, padding lanes marked
+invalid. Over an epoch every segment of every document is yielded exactly once, in order, on one lane at a time.
+Ranks must pass the same `seed`.
 
-The position in the stream is (epoch, batch): `state_dict()` records it (with what must not change
-under it), `load_state_dict()` restores it, and the next iteration yields exactly the batches an
-uninterrupted loader would have (nothing, when it was taken after the last batch). Resuming seeks: it
-reads only the documents the lanes hold at that batch, with one read each, not the data before.
+The position in the stream is the global `StreamState`: `state_dict()` records it (with what must not change
+under it), `load_state_dict()` restores it — also into a loader of another world size or lane count (elastic
+resume: the global lanes are re-spread; with the same global lane count the batches are exactly those an
+uninterrupted run would yield, otherwise documents in flight wait for a lane or new lanes take new documents,
+and still nothing is lost or repeated). Resuming seeks: it reads only the documents the lanes hold, one read
+each. A version-1 state (per-rank schedules) is carried over by `legacy.state_from_v1`.
 
 Reading (one seek and read per document, CRC-checked), batch assembly and `transform` run in a
 prefetch thread, `prefetch` batches ahead (0: in the calling thread), so the training loop does not
@@ -46,9 +52,11 @@ from ..errors import DataError
 from ..format.manifest import MANIFEST_NAME, read_manifest, split_entry
 from ..format.reader import SplitReader
 from ..format.samples import Sample
-from .schedule import EpochPlan, plan_epoch
+from .legacy import state_from_v1
+from .schedule import Schedule, Slot, StreamState
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+_FIXED = ("seed", "split", "segment_length", "corpus_sha256")  # what a resumed state must share
 _END = object()
 
 
@@ -92,76 +100,81 @@ class SegmentStreamLoader:
         self.transform, self.prefetch = transform, prefetch
         ids = self.manifest["tokenizer"]["special_ids"]
         self.bos_id, self.eos_id, self.pad_id = ids["bos"], ids["eos"], ids["pad"]
-        self._reader = SplitReader(shard_dir, split, self.manifest)  # checks index and shard sizes now
+        self._reader = SplitReader(shard_dir, split, self.manifest)  # maps the index, checks shard sizes
         if len(self._reader) == 0:
             raise DataError(f"split {split!r} of {shard_dir} has no documents")
-        self._segment_counts = self._reader.segment_counts.astype(np.int64)
+        self._schedule = Schedule(self._reader.segment_counts, seed)  # a view of the mapped index: no copy
         self._corpus = hashlib.sha256((self.shard_dir / MANIFEST_NAME).read_bytes()).hexdigest()
-        self._plans: dict[int, EpochPlan] = {}
-        self._epoch, self._batch = 0, 0
+        self._state = StreamState.fresh(self.global_lanes)
+        self._first_lane = rank * lanes
+        self.resumed_from: tuple[int, int] | None = None  # (world_size, lanes) of a state loaded from another shape
         self._active = self._finished = False
 
-    # -- schedule ----------------------------------------------------------------------------------
-
-    def plan(self, epoch: int) -> EpochPlan:
-        """This rank's schedule for `epoch` (the two most recent epochs asked for stay cached)."""
-        plan = self._plans.get(epoch)
-        if plan is None:
-            plan = plan_epoch(
-                self._segment_counts,
-                seed=self.seed,
-                epoch=epoch,
-                rank=self.rank,
-                world_size=self.world_size,
-                lanes=self.lanes,
-            )
-            self._plans = {e: p for e, p in self._plans.items() if e == epoch - 1} | {epoch: plan}
-        return plan
-
-    def batches_in_epoch(self, epoch: int) -> int:
-        """Number of batches in `epoch` (the same on every rank)."""
-        return self.plan(epoch).num_batches
+    @property
+    def global_lanes(self) -> int:
+        """Lanes over all ranks: world_size × lanes."""
+        return self.world_size * self.lanes
 
     @property
     def num_documents(self) -> int:
         """Documents in the split (all ranks)."""
         return len(self._reader)
 
+    @property
+    def stream_state(self) -> StreamState:
+        """A snapshot of the global stream position (the next batch to be yielded)."""
+        return self._state.copy()
+
     # -- state ---------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The position of the next batch to be yielded, and the settings it is only valid with."""
+        """The position of the next batch to be yielded, the shape it was taken with, and what it is only valid
+        with (seed, split, segment length, corpus). The same on every rank."""
         return {
             "version": STATE_VERSION,
-            "epoch": self._epoch,
-            "batch": self._batch,
-            "seed": self.seed,
+            "stream": self._state.as_dict(),
             "world_size": self.world_size,
             "lanes": self.lanes,
+            "seed": self.seed,
             "split": self.split,
             "segment_length": self.segment_length,
             "corpus_sha256": self._corpus,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at the position of `state`; raises ValueError when it was taken under other settings."""
+        """Resume at the position of `state`, taken by a loader of any world size and lane count (the global
+        lanes are re-spread; `resumed_from` then says from which shape). ValueError when it was taken with
+        another seed, split, segment length or corpus."""
         if self._active:
             raise RuntimeError("load_state_dict() while iterating: call it before the loop, or after it ends")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state version {state.get('version')} is not {STATE_VERSION}")
+        if state.get("version") not in (1, STATE_VERSION):
+            raise ValueError(f"loader state version {state.get('version')} is not 1 or {STATE_VERSION}")
         mine = self.state_dict()
-        differ = [
-            k
-            for k in ("seed", "world_size", "lanes", "split", "segment_length", "corpus_sha256")
-            if state[k] != mine[k]
-        ]
+        differ = [k for k in _FIXED if state[k] != mine[k]]
         if differ:
             raise ValueError(
-                "cannot resume exactly: the loader state was taken with other "
+                "cannot resume: the loader state was taken with other "
                 + ", ".join(f"{k} ({state[k]!r}, now {mine[k]!r})" for k in differ)
-                + "; resume with the same settings and SHARD_DIR"
+                + "; resume with the same seed, split, segment length and SHARD_DIR"
             )
-        self._epoch, self._batch, self._finished = int(state["epoch"]), int(state["batch"]), False
+        stream = self.saved_stream(state)
+        shape = (int(state["world_size"]), int(state["lanes"]))
+        self.resumed_from = None if shape == (self.world_size, self.lanes) else shape
+        self._state, self._finished = stream.resize(self.global_lanes), False
+
+    def saved_stream(self, state: dict[str, Any]) -> StreamState:
+        """The global position a saved state holds, over the global lanes it was taken with (a version-1 state
+        carried over by `legacy.state_from_v1`)."""
+        if state["version"] == 1:
+            return state_from_v1(
+                self._reader.segment_counts,
+                self.seed,
+                int(state["epoch"]),
+                int(state["batch"]),
+                int(state["world_size"]),
+                int(state["lanes"]),
+            )
+        return StreamState.from_dict(state["stream"])
 
     # -- iteration -----------------------------------------------------------------------------------
 
@@ -169,20 +182,19 @@ class SegmentStreamLoader:
         if self._active:
             raise RuntimeError("this loader is already being iterated")
         if self._finished:  # the last iteration ran to the end: this one is a new pass
-            self._epoch, self._batch, self._finished = 0, 0, False
-        epoch, batch = self._epoch, self._batch
+            self._state, self._finished = StreamState.fresh(self.global_lanes), False
         self._active = True
         try:
             if self.prefetch == 0:
-                for item in self._produce(epoch, batch, threading.Event()):
-                    self._epoch, self._batch = item[1]
-                    yield item[0]
+                for batch, state in self._produce(self._state.copy(), threading.Event()):
+                    self._state = state
+                    yield batch
                 self._finished = True
                 return
             items: queue.Queue = queue.Queue(maxsize=self.prefetch)
             stop = threading.Event()
             thread = threading.Thread(
-                target=self._run, args=(epoch, batch, items, stop), daemon=True, name="segment-prefetch"
+                target=self._run, args=(self._state.copy(), items, stop), daemon=True, name="segment-prefetch"
             )
             thread.start()
             try:
@@ -193,7 +205,7 @@ class SegmentStreamLoader:
                         return
                     if isinstance(item, BaseException):
                         raise item
-                    self._epoch, self._batch = item[1]
+                    self._state = item[1]
                     yield item[0]
             finally:
                 stop.set()
@@ -212,53 +224,48 @@ class SegmentStreamLoader:
             raise RuntimeError("close() while iterating")
         self._reader.close()
 
-    def _run(self, epoch: int, batch: int, items: queue.Queue, stop: threading.Event) -> None:
+    def _run(self, state: StreamState, items: queue.Queue, stop: threading.Event) -> None:
         """Prefetch thread: produce into `items`, then _END or the exception raised."""
         try:
-            for item in self._produce(epoch, batch, stop):
+            for item in self._produce(state, stop):
                 if not _put(items, item, stop):
                     return
             _put(items, _END, stop)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             _put(items, exc, stop)
 
-    def _produce(
-        self, epoch: int, batch: int, stop: threading.Event
-    ) -> Iterator[tuple[dict[str, Any], tuple[int, int]]]:
-        """(batch, position after it) from (epoch, batch) on."""
+    def _produce(self, state: StreamState, stop: threading.Event) -> Iterator[tuple[dict[str, Any], StreamState]]:
+        """(batch, a snapshot of the position after it) from `state` on (advanced in place)."""
         held: dict[int, tuple[int, Sample]] = {}  # lane -> (document, its sample)
-        while (self.epochs is None or epoch < self.epochs) and not stop.is_set():
-            plan = self.plan(epoch)
-            for slots in plan.iter_slots(batch):
-                if stop.is_set():
-                    return
-                out = self._assemble(slots, held, epoch)
-                if self.transform is not None:
-                    out = self.transform(out)
-                batch += 1
-                yield out, ((epoch, batch) if batch < plan.num_batches else (epoch + 1, 0))
-            epoch, batch = epoch + 1, 0
-            held.clear()
+        mine = slice(self._first_lane, self._first_lane + self.lanes)
+        while (self.epochs is None or state.epoch < self.epochs) and not stop.is_set():
+            slots = self._schedule.next_batch(state)
+            if slots is None:
+                state.next_epoch()
+                held.clear()
+                continue
+            out = self._assemble(slots[mine], held, state.epoch)
+            if self.transform is not None:
+                out = self.transform(out)
+            yield out, state.copy()
 
-    def _assemble(
-        self, slots: list[tuple[int, int] | None], held: dict[int, tuple[int, Sample]], epoch: int
-    ) -> dict[str, Any]:
+    def _assemble(self, slots: list[Slot | None], held: dict[int, tuple[int, Sample]], epoch: int) -> dict[str, Any]:
         lanes = self.lanes
         segments: list[np.ndarray | None] = [None] * lanes
         doc_ids = [""] * lanes
+        doc_index = np.full(lanes, -1, dtype=np.int64)
         seg_index = np.full(lanes, -1, dtype=np.int64)
+        restore = np.zeros(lanes, dtype=bool)
         for lane, slot in enumerate(slots):
             if slot is None:
                 continue
-            doc, k = slot
             current = held.get(lane)
-            if current is None or current[0] != doc:
-                current = held[lane] = (doc, self._reader.read(doc))
-            sample = current[1]
+            if current is None or current[0] != slot.doc:
+                current = held[lane] = (slot.doc, self._reader.read(slot.doc))
+            sample, k = current[1], slot.segment
             begin = int(sample.ends[k - 1]) if k else 0
             segments[lane] = sample.ids[begin : int(sample.ends[k])]
-            doc_ids[lane] = sample.key
-            seg_index[lane] = k
+            doc_ids[lane], doc_index[lane], seg_index[lane], restore[lane] = sample.key, slot.doc, k, slot.restored
         lengths = np.array([0 if s is None else s.size for s in segments], dtype=np.int64)
         width = int(lengths.max()) + 2
         ids = np.full((lanes, width), self.pad_id, dtype=np.int64)
@@ -267,13 +274,14 @@ class SegmentStreamLoader:
             if segment is not None:
                 ids[lane, 1 : 1 + segment.size] = segment
         ids[np.arange(lanes), lengths + 1] = self.eos_id
-        valid = seg_index >= 0
         return {
             "input_ids": torch.from_numpy(ids),
             "attention_mask": torch.from_numpy(np.arange(width)[None, :] < (lengths + 2)[:, None]),
             "resets": torch.from_numpy(seg_index <= 0),
-            "valid": torch.from_numpy(valid),
+            "restore": torch.from_numpy(restore),
+            "valid": torch.from_numpy(seg_index >= 0),
             "doc_ids": doc_ids,
+            "doc_index": torch.from_numpy(doc_index),
             "segment_index": torch.from_numpy(seg_index),
             "epoch": epoch,
         }

@@ -1,128 +1,227 @@
-"""The lane schedule: which segment each lane of each rank emits at each batch. Pure; no I/O.
+"""The stream schedule over global lanes: which segment each lane emits at each batch. Pure; no I/O.
 
-For epoch e the schedule is a pure function of (seed, e, the documents' segment counts, world_size,
-lanes), so every rank computes every rank's part of it from the split's index, and a position in the
-stream is just (epoch, batch):
+A run has G = world_size × lanes *global lanes*; rank r holds global lanes r·lanes … r·lanes + lanes − 1. The
+schedule is defined over global lanes only, so it does not depend on how they are spread over ranks:
 
-1. Shuffle: documents are ordered by a keyed hash, splitmix64 of (seed, epoch, document number);
-   the same on every rank, machine and library version.
-2. Ranks: rank r takes every world_size-th document of that order, from the r-th (disjoint, and
-   balanced to within one document).
-3. Lanes: a rank's documents go, in order, to the lane that becomes free first (the lowest lane
-   number on ties), starting at the batch where it does; a lane emits a document's segments at
-   consecutive batches, then takes the next one. Lanes with nothing left to take are padding.
-4. Length: a rank's part ends when its last lane finishes; the epoch's number of batches is the
-   maximum over ranks, so all ranks yield the same number of batches (DeepSpeed runs collectives in
-   lockstep), the shorter ones padding to the end.
+1. Order: epoch e visits the split's D documents in the order of a keyed bijection of [0, D) (`EpochOrder`: a
+   4-round Feistel network over the next even power of two, cycle-walking into [0, D)), from (seed, e). Position
+   p → document is computed on demand: nothing of size D is built, on any rank.
+2. Deal: at every batch, each free global lane, in lane order, takes the next document: first one from the
+   *waiting* queue (documents in flight that lost their lane when a run resumed with fewer global lanes; each
+   continues at its next segment, with its memory), else the next document of the epoch order. A lane emits its
+   document's segments at consecutive batches, then is free again.
+3. Epoch end: when the order and the waiting queue are exhausted, lanes with nothing to take are padding; the
+   epoch ends after the batch in which the last lane emits its last segment. Every rank advances the same global
+   state, so all ranks yield the same number of batches (DeepSpeed runs collectives in lockstep).
 
-Cost: O(D log lanes) Python work per epoch for D documents in the split (about a second per million
-documents), done once per epoch in the loader's prefetch thread.
+Over an epoch every segment of every document is emitted exactly once, in order, on one lane at a time (a
+document displaced by a resize continues on another lane, never twice). The position in the stream is the
+`StreamState` (epoch, batch, documents dealt, each lane's document and first batch, the waiting queue): O(G +
+waiting) numbers, independent of D. `StreamState.resize(G')` maps it to another global lane count: lanes below
+G' keep their documents; documents of the lanes beyond go to the end of the waiting queue, in lane order; new
+lanes start free. With G' = G the continuation is exact.
+
+Cost per batch: O(G) Python (a few microseconds per lane) on every rank, in the loader's prefetch thread.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 _MASK64 = (1 << 64) - 1
+_ROUNDS = 4
+FREE = -1
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer on a uint64 array (wrapping arithmetic)."""
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+def _mix64(x: int) -> int:
+    """splitmix64's finalizer on a Python int (wrapping to 64 bits)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
 
 
-def epoch_order(num_docs: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled order of documents 0..num_docs-1 for (seed, epoch)."""
-    key = _mix64(_mix64(np.array([seed & _MASK64], dtype=np.uint64)) ^ np.uint64(epoch & _MASK64))
-    keys = _mix64(np.arange(num_docs, dtype=np.uint64) ^ key)
-    return np.argsort(keys, kind="stable")
+class EpochOrder:
+    """The order of documents 0..n-1 in epoch `epoch` of a run seeded `seed`: `order[p]` is the p-th document.
 
-
-def assign_lanes(counts: Sequence[int] | np.ndarray, lanes: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Greedy lane assignment of documents with `counts` segments, in order.
-
-    Returns (lane of each document, batch of its first segment, number of batches until all finish).
+    A keyed bijection: a Feistel network on [0, 4^h) with 4^h >= n (h half-width bits), whose round function is
+    splitmix64 of (round key ^ half), restricted to [0, n) by cycle walking (apply again until the value is below
+    n: a bijection of [0, 4^h) restricted this way is a bijection of [0, n); fewer than 4 steps on average).
     """
-    if lanes < 1:
-        raise ValueError(f"lanes must be >= 1, got {lanes}")
-    lane = np.empty(len(counts), dtype=np.int64)
-    start = np.empty(len(counts), dtype=np.int64)
-    free = [(0, ln) for ln in range(lanes)]  # (batch at which the lane is free, lane): a heap
-    for i, count in enumerate(np.asarray(counts).tolist()):
-        t, ln = free[0]
-        lane[i], start[i] = ln, t
-        heapq.heapreplace(free, (t + count, ln))
-    return lane, start, max(t for t, _ in free)
+
+    def __init__(self, n: int, seed: int, epoch: int) -> None:
+        if n < 1:
+            raise ValueError(f"an epoch needs at least one document, got {n}")
+        self.n = n
+        self.half = max(1, ((n - 1).bit_length() + 1) // 2)
+        self._mask = (1 << self.half) - 1
+        base = _mix64(_mix64(seed & _MASK64) ^ (epoch & _MASK64))
+        self._keys = [_mix64(base ^ (round_ + 1)) for round_ in range(_ROUNDS)]
+
+    def _permute(self, x: int) -> int:
+        left, right, mask = x >> self.half, x & self._mask, self._mask
+        for key in self._keys:
+            left, right = right, left ^ (_mix64(key ^ right) & mask)
+        return (left << self.half) | right
+
+    def __getitem__(self, position: int) -> int:
+        if not 0 <= position < self.n:
+            raise IndexError(f"position {position} outside [0, {self.n})")
+        x = self._permute(position)
+        while x >= self.n:
+            x = self._permute(x)
+        return x
+
+    def __len__(self) -> int:
+        return self.n
 
 
 @dataclass
-class EpochPlan:
-    """One rank's schedule for one epoch.
+class StreamState:
+    """The position in the stream, over global lanes (see the module docstring). JSON-able via `as_dict`.
 
-    docs/counts/lane/start describe this rank's documents in the order its lanes take them (global
-    document numbers, segment counts, lane, batch of the first segment); `num_batches` is the epoch's
-    length, the same on every rank.
+    `lane_doc[g]` is the document global lane g holds (FREE if none, or if its last segment has been emitted) and
+    `lane_start[g]` the batch of its segment 0 (for a document resumed from the waiting queue, the batch it would
+    have started at), so at batch b the lane emits segment b - lane_start[g]. `waiting` holds (document, next
+    segment) pairs, first in first out; the first `waiting_taken` of them have been taken.
     """
 
-    epoch: int
-    rank: int
-    world_size: int
-    lanes: int
-    num_batches: int
-    docs: np.ndarray
-    counts: np.ndarray
-    lane: np.ndarray
-    start: np.ndarray
+    epoch: int = 0
+    batch: int = 0
+    position: int = 0
+    lane_doc: list[int] = field(default_factory=list)
+    lane_start: list[int] = field(default_factory=list)
+    waiting: list[tuple[int, int]] = field(default_factory=list)
+    waiting_taken: int = 0
 
-    def iter_slots(self, start_batch: int = 0) -> Iterator[list[tuple[int, int] | None]]:
-        """From batch `start_batch` on: per batch, per lane, (document, segment index) or None (padding)."""
-        per_lane = [np.flatnonzero(self.lane == ln) for ln in range(self.lanes)]  # in start order
-        starts = [self.start[ix] for ix in per_lane]
-        # The document each lane holds at start_batch: the last one starting at or before it.
-        pointer = [max(int(np.searchsorted(s, start_batch, side="right")) - 1, 0) for s in starts]
-        docs, counts, start = self.docs.tolist(), self.counts.tolist(), self.start.tolist()
-        lane_items = [ix.tolist() for ix in per_lane]
-        for batch in range(start_batch, self.num_batches):
-            slots: list[tuple[int, int] | None] = []
-            for ln in range(self.lanes):
-                items = lane_items[ln]
-                p = pointer[ln]
-                while p < len(items) and batch >= start[items[p]] + counts[items[p]]:
-                    p += 1
-                pointer[ln] = p
-                if p < len(items) and batch >= start[items[p]]:
-                    i = items[p]
-                    slots.append((docs[i], batch - start[i]))
+    @classmethod
+    def fresh(cls, lanes: int, epoch: int = 0) -> StreamState:
+        return cls(epoch=epoch, lane_doc=[FREE] * lanes, lane_start=[0] * lanes)
+
+    @property
+    def lanes(self) -> int:
+        return len(self.lane_doc)
+
+    def next_epoch(self) -> None:
+        """Move to the start of the next epoch (every lane free, nothing dealt)."""
+        self.epoch, self.batch, self.position = self.epoch + 1, 0, 0
+        self.lane_doc, self.lane_start, self.waiting, self.waiting_taken = [FREE] * self.lanes, [0] * self.lanes, [], 0
+
+    def copy(self) -> StreamState:
+        """A snapshot (O(lanes): the waiting list is shared, never changed in place)."""
+        return StreamState(
+            self.epoch,
+            self.batch,
+            self.position,
+            list(self.lane_doc),
+            list(self.lane_start),
+            self.waiting,
+            self.waiting_taken,
+        )
+
+    @property
+    def parked(self) -> list[tuple[int, int]]:
+        """The waiting documents that are in flight (next segment > 0): their memories are parked somewhere."""
+        return [(doc, segment) for doc, segment in self.waiting[self.waiting_taken :] if segment > 0]
+
+    def resize(self, lanes: int) -> StreamState:
+        """This state over `lanes` global lanes: nothing lost, nothing repeated (module docstring)."""
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
+        keep = min(lanes, self.lanes)
+        displaced = [(d, self.batch - s) for d, s in zip(self.lane_doc[keep:], self.lane_start[keep:]) if d != FREE]
+        return StreamState(
+            epoch=self.epoch,
+            batch=self.batch,
+            position=self.position,
+            lane_doc=self.lane_doc[:keep] + [FREE] * (lanes - keep),
+            lane_start=self.lane_start[:keep] + [0] * (lanes - keep),
+            waiting=[*self.waiting[self.waiting_taken :], *displaced],
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "position": self.position,
+            "lane_doc": list(self.lane_doc),
+            "lane_start": list(self.lane_start),
+            "waiting": [list(w) for w in self.waiting[self.waiting_taken :]],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StreamState:
+        return cls(
+            int(d["epoch"]),
+            int(d["batch"]),
+            int(d["position"]),
+            [int(x) for x in d["lane_doc"]],
+            [int(x) for x in d["lane_start"]],
+            [(int(a), int(b)) for a, b in d["waiting"]],
+        )
+
+
+@dataclass(frozen=True)
+class Slot:
+    """What one lane emits at one batch: segment `segment` of document `doc`; `restored`: the document continues
+    from the waiting queue on this lane (its memory comes from where it was parked, not from the lane)."""
+
+    doc: int
+    segment: int
+    restored: bool = False
+
+
+class Schedule:
+    """Advances a `StreamState` batch by batch over a split with these segment counts (any 1-D integer array,
+    e.g. a memory-mapped view of the index's `num_segments`); one object per loader, shared by nothing."""
+
+    def __init__(self, segment_counts: Sequence[int] | np.ndarray, seed: int) -> None:
+        self.counts = segment_counts
+        self.num_docs = len(segment_counts)
+        if self.num_docs < 1:
+            raise ValueError("the split has no documents")
+        self.seed = seed
+        self._order: EpochOrder | None = None
+        self._order_epoch = -1
+
+    def order(self, epoch: int) -> EpochOrder:
+        if self._order is None or self._order_epoch != epoch:
+            self._order, self._order_epoch = EpochOrder(self.num_docs, self.seed, epoch), epoch
+        return self._order
+
+    def next_batch(self, state: StreamState) -> list[Slot | None] | None:
+        """The slots of every global lane at the state's batch, advancing `state` past it; None (and `state`
+        unchanged) when the state's epoch has ended: continue with `state.next_epoch()`."""
+        slots = self._deal(state)
+        if all(slot is None for slot in slots):  # nothing held, nothing to take: nothing was changed either
+            return None
+        state.batch += 1
+        return slots
+
+    def _deal(self, state: StreamState) -> list[Slot | None]:
+        order, batch, counts = self.order(state.epoch), state.batch, self.counts
+        lane_doc, lane_start, waiting = state.lane_doc, state.lane_start, state.waiting
+        slots: list[Slot | None] = []
+        for g in range(len(lane_doc)):
+            doc, restored = lane_doc[g], False
+            if doc == FREE:
+                if state.waiting_taken < len(waiting):
+                    doc, segment = waiting[state.waiting_taken]
+                    state.waiting_taken += 1
+                    lane_doc[g], lane_start[g], restored = doc, batch - segment, segment > 0
+                elif state.position < order.n:
+                    doc = lane_doc[g] = order[state.position]
+                    lane_start[g] = batch
+                    state.position += 1
                 else:
                     slots.append(None)
-            yield slots
-
-
-def plan_epoch(
-    segment_counts: np.ndarray, *, seed: int, epoch: int, rank: int, world_size: int, lanes: int
-) -> EpochPlan:
-    """The schedule of `rank` for `epoch` (see the module docstring)."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-    counts = np.asarray(segment_counts, dtype=np.int64)
-    if counts.size and counts.min() < 1:
-        raise ValueError("every document must have at least one segment")
-    order = epoch_order(counts.size, seed, epoch)
-    num_batches = 0
-    mine = None
-    for r in range(world_size):
-        docs = order[r::world_size]
-        lane, start, length = assign_lanes(counts[docs], lanes)
-        num_batches = max(num_batches, length)
-        if r == rank:
-            mine = (docs, counts[docs], lane, start)
-    assert mine is not None
-    docs, doc_counts, lane, start = mine
-    return EpochPlan(epoch, rank, world_size, lanes, num_batches, docs, doc_counts, lane, start)
+                    continue
+            segment = batch - lane_start[g]
+            slots.append(Slot(doc, segment, restored))
+            if segment + 1 >= int(counts[doc]):  # its last segment: the lane is free for the next batch
+                lane_doc[g] = FREE
+        return slots
