@@ -156,7 +156,7 @@ def test_turn_streams_one_dialogue_per_lane_reset_at_start_then_padding(tokenize
 def test_loss_decreases_on_a_fixed_batch(export_dir, tmp_path):
     torch.manual_seed(0)
     model, tokenizer = generate.load_model(export_dir)
-    args = train_args(export_dir, tmp_path, "--lr", "3e-3")
+    args = train_args(export_dir, tmp_path, "--lr", "1e-3")
     rollout = list(zip(range(2), train.build_streams(args, tokenizer, model.config, 0, 1, epochs=1)))
     fixed = [batch for _, batch in rollout]
     engine, losses = train.TorchEngine(model.train(), args), []
