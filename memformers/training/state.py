@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from memformers.data.stream.schedule import FREE
-
 from .checkpoint import Checkpointer, CheckpointError, Layout
 from .config import PretrainConfig
 from .distributed import Runtime, rng_state, set_rng_state
@@ -72,30 +70,28 @@ class TrainState:
         another seed, corpus, split or segment length."""
         runtime = checkpointer.runtime
         trainer_state = checkpointer.load(engine, layout)
-        old = {0: checkpointer.rank_state(layout.tag, 0)}
-        try:
-            saved_stream = loader.saved_stream(old[0]["loader"])
-            loader.load_state_dict(old[0]["loader"])
-        except ValueError as error:
-            raise CheckpointError(f"cannot resume {checkpointer.root / layout.tag}: {error}") from None
+        old: dict[int, dict] = {}
 
-        def lane_memory(g: int) -> torch.Tensor:  # global lane g's memory as the checkpoint holds it
-            rank = g // layout.lanes
+        def saved(rank: int) -> dict:  # what rank `rank` of the checkpoint wrote, each file read once
             if rank not in old:
                 old[rank] = checkpointer.rank_state(layout.tag, rank)
-            return old[rank]["memory"][g % layout.lanes]
+            return old[rank]
 
+        def lane_memory(g: int) -> torch.Tensor:  # global lane g's memory as the checkpoint holds it
+            return saved(g // layout.lanes)["memory"][g % layout.lanes]
+
+        try:
+            loader.load_state_dict(saved(0)["loader"])  # the same on every rank
+        except ValueError as error:
+            raise CheckpointError(f"cannot resume {checkpointer.root / layout.tag}: {error}") from None
         first = runtime.rank * loader.lanes
         for i, g in enumerate(range(first, min(first + loader.lanes, layout.global_lanes))):
             self.memory[i] = lane_memory(g).to(self.memory.device, self.memory.dtype)
-        self.parked = dict(old[0].get("parked", {}))
-        for g in range(loader.global_lanes, layout.global_lanes):  # lanes taken away: their documents wait
-            if saved_stream.lane_doc[g] != FREE:
-                self.parked[saved_stream.lane_doc[g]] = lane_memory(g).clone()
-        rank_rng = old[runtime.rank] if runtime.rank in old else None
-        if rank_rng is None and runtime.rank < layout.world_size:
-            rank_rng = checkpointer.rank_state(layout.tag, runtime.rank)
-        set_rng_state((rank_rng or old[0])["rng"])  # a new rank continues rank 0's streams
+        self.parked = dict(saved(0).get("parked", {}))
+        for g, doc in loader.displaced:  # lanes taken away: their documents wait, memory parked
+            self.parked[doc] = lane_memory(g).clone()
+        # a rank the checkpoint did not have continues rank 0's random streams
+        set_rng_state(saved(runtime.rank if runtime.rank < layout.world_size else 0)["rng"])
         self.step, self.tokens = trainer_state["step"], trainer_state["tokens"]
         self.wandb_id, self.last_eval = trainer_state.get("wandb_id"), trainer_state.get("last_eval", {})
         self.restored = trainer_state.get("restored_documents", 0)

@@ -108,6 +108,7 @@ class SegmentStreamLoader:
         self._state = StreamState.fresh(self.global_lanes)
         self._first_lane = rank * lanes
         self.resumed_from: tuple[int, int] | None = None  # (world_size, lanes) of a state loaded from another shape
+        self.displaced: list[tuple[int, int]] = []  # (old global lane, document) of the documents the resume made wait
         self._active = self._finished = False
 
     @property
@@ -143,7 +144,8 @@ class SegmentStreamLoader:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at the position of `state`, taken by a loader of any world size and lane count (the global
-        lanes are re-spread; `resumed_from` then says from which shape). ValueError when it was taken with
+        lanes are re-spread; `resumed_from` then says from which shape and `displaced` which global lanes' documents
+        now wait for a lane). ValueError when it was taken with
         another seed, split, segment length or corpus."""
         if self._active:
             raise RuntimeError("load_state_dict() while iterating: call it before the loop, or after it ends")
@@ -157,12 +159,13 @@ class SegmentStreamLoader:
                 + ", ".join(f"{k} ({state[k]!r}, now {mine[k]!r})" for k in differ)
                 + "; resume with the same seed, split, segment length and SHARD_DIR"
             )
-        stream = self.saved_stream(state)
+        stream = self._saved_stream(state)
         shape = (int(state["world_size"]), int(state["lanes"]))
         self.resumed_from = None if shape == (self.world_size, self.lanes) else shape
+        self.displaced = stream.held_beyond(self.global_lanes)
         self._state, self._finished = stream.resize(self.global_lanes), False
 
-    def saved_stream(self, state: dict[str, Any]) -> StreamState:
+    def _saved_stream(self, state: dict[str, Any]) -> StreamState:
         """The global position a saved state holds, over the global lanes it was taken with (a version-1 state
         carried over by `legacy.state_from_v1`)."""
         if state["version"] == 1:

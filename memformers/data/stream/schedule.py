@@ -128,12 +128,17 @@ class StreamState:
         """The waiting documents that are in flight (next segment > 0): their memories are parked somewhere."""
         return [(doc, segment) for doc, segment in self.waiting[self.waiting_taken :] if segment > 0]
 
+    def held_beyond(self, lanes: int) -> list[tuple[int, int]]:
+        """(global lane, document) of the lanes from `lanes` on that hold a document: what `resize(lanes)` makes
+        wait."""
+        return [(g, doc) for g, doc in enumerate(self.lane_doc) if g >= lanes and doc != FREE]
+
     def resize(self, lanes: int) -> StreamState:
         """This state over `lanes` global lanes: nothing lost, nothing repeated (module docstring)."""
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         keep = min(lanes, self.lanes)
-        displaced = [(d, self.batch - s) for d, s in zip(self.lane_doc[keep:], self.lane_start[keep:]) if d != FREE]
+        displaced = [(doc, self.batch - self.lane_start[g]) for g, doc in self.held_beyond(keep)]
         return StreamState(
             epoch=self.epoch,
             batch=self.batch,
