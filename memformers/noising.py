@@ -322,12 +322,12 @@ class BartDenoiser:
         valid = batch["valid"].bool().tolist()
         ids_np, attention_np = input_ids.cpu().numpy(), attention.cpu().numpy()
         segment_index = batch["segment_index"].tolist()
-        epoch = int(batch["epoch"])
+        epochs = batch["epoch"].tolist()  # per lane: a mixture's corpora run through their own epochs
         empty = np.array([self.bos_id, self.eos_id], dtype=np.int64)
         sources = [
             self.noise(
                 ids_np[lane][attention_np[lane]],
-                epoch=epoch,
+                epoch=epochs[lane],
                 doc_id=batch["doc_ids"][lane],
                 segment_index=segment_index[lane],
             )

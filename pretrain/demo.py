@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from memformers.plots import plot_run
+
 REPO = Path(__file__).resolve().parents[1]
 SEGMENT_LENGTH = 64
 """Tokens per segment: 64 holds ~7 back-to-back statements, the density of facts the memory's write needs to be
@@ -53,30 +55,6 @@ def launcher_env() -> dict:
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
     return [x for x in lines if "loss" in x], [x for x in lines if "eval_loss" in x]
-
-
-def plot_curves(steps: list[dict], evals: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot([s["step"] for s in steps], [s["loss"] for s in steps], lw=0.8, alpha=0.6, label="training loss")
-    ax.plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o-", label="eval loss, memory carried")
-    ax.plot(
-        [e["step"] for e in evals],
-        [e["eval_loss_no_memory"] for e in evals],
-        "s--",
-        label="eval loss, memory reset every segment",
-    )
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("denoising loss (nats/token)")
-    ax.set_title("MemBART tiny, synthetic recall corpus")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     steps, evals = read_metrics(run_dir)
     results = summarize(steps, evals, results, minutes=round((time.time() - started) / 60, 1))
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    plot_curves(steps, evals, out / "curves.png")
+    plot_run(run_dir, out / "curves.png")
     print_table(results)
     print(f"\nwrote {out / 'results.json'} and {out / 'curves.png'}; the model is in {export_dir}")
     return 0

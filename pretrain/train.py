@@ -58,6 +58,10 @@ def start_logging(
         f"{runtime.world_size} ranks x {cfg.data.lanes} lanes, segment length {segment_length}, "
         f"{parameters:,} parameters"
     )
+    sources = cfg.data.corpora()
+    if len(sources) > 1:
+        total = sum(s.weight for s in sources)
+        logger.write("mixing " + ", ".join(f"{s.name} ({s.weight / total:.0%} of tokens)" for s in sources))
     return logger
 
 
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
     # --- the loop ------------------------------------------------------------------------------------------------
-    spec = StepSpec.of(cfg.train, engine, runtime, peak=cfg.logging.peak_tflops)
+    spec = StepSpec.of(cfg.train, engine, runtime, peak=cfg.logging.peak_tflops, sources=tuple(corpus.names))
     evaluator = Evaluator(engine, corpus, cfg.eval)
     nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps)
     batches, exit_code = iter(loader), EXIT_OK
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         if record is None:
             logger.write(f"training data exhausted after {cfg.train.epochs} epoch(s) at step {state.step}")
             break
+        record["passes_by_source"] = dict(zip(corpus.names, loader.passes_done()))
         logger.log(record)
         logger.progress(state.step, record)
         if nonfinite.tripped(record, logger):

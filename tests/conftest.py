@@ -37,6 +37,20 @@ def tiny_shards(tmp_path_factory) -> Path:
     return shards
 
 
+@pytest.fixture(scope="session")
+def second_shards(tiny_shards) -> Path:
+    """A second SHARD_DIR with tiny_shards' tokenizer and segment length (another synthetic corpus, 40 documents):
+    the other source of a mixture."""
+    root = tiny_shards.parent
+    corpus, shards = root / "second.jsonl", root / "second-shards"
+    py = sys.executable
+    run([py, "data_prep/make_synthetic.py", "--output", str(corpus), "--num-docs", "40", "--seed", "7"])
+    run([py, "data_prep/shard_documents.py", "--input", str(corpus), "--tokenizer", str(root / "tokenizer"),
+         "--output", str(shards), "--segment-length", str(SEGMENT_LENGTH), "--val-fraction", "0.2",
+         "--docs-per-shard", "16"])  # fmt: skip
+    return shards
+
+
 def tiny_run_args(run_dir: Path, shards: Path, *extra: str) -> list[str]:
     """`pretrain/train.py` arguments for a quick tiny run (a few seconds per step budget on 2 cores)."""
     return [

@@ -194,6 +194,7 @@ def test_batch_contract(shard_dir: Path) -> None:
         "doc_index",
         "segment_index",
         "epoch",
+        "source",
     }
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape[0] == 4
     assert batch["input_ids"].shape[1] <= SEGMENT_LENGTH + 2
@@ -201,7 +202,8 @@ def test_batch_contract(shard_dir: Path) -> None:
     assert batch["resets"].dtype == torch.bool and batch["valid"].dtype == torch.bool and batch["resets"].all()
     assert batch["restore"].dtype == torch.bool and not batch["restore"].any()
     assert batch["doc_index"].dtype == torch.long and (batch["doc_index"][batch["valid"]] >= 0).all()
-    assert batch["segment_index"].dtype == torch.long and isinstance(batch["doc_ids"], list) and batch["epoch"] == 0
+    assert batch["segment_index"].dtype == torch.long and isinstance(batch["doc_ids"], list)
+    assert batch["epoch"].tolist() == [0] * 4 and batch["source"].tolist() == [0] * 4
 
 
 def test_padding_lanes_when_a_rank_has_fewer_documents_than_lanes(shard_dir: Path) -> None:
@@ -211,25 +213,30 @@ def test_padding_lanes_when_a_rank_has_fewer_documents_than_lanes(shard_dir: Pat
     assert sum(int((b["valid"] & b["resets"]).sum()) for b in batches) == num_val
 
 
-TENSORS = ("input_ids", "attention_mask", "resets", "restore", "valid", "doc_index", "segment_index")
+TENSORS = ("input_ids", "attention_mask", "resets", "restore", "valid", "doc_index", "segment_index", "epoch", "source")
 
 
 def _same(a: list[dict], b: list[dict]) -> bool:
     return len(a) == len(b) and all(
-        x["doc_ids"] == y["doc_ids"] and x["epoch"] == y["epoch"] and all(torch.equal(x[k], y[k]) for k in TENSORS)
-        for x, y in zip(a, b)
+        x["doc_ids"] == y["doc_ids"] and all(torch.equal(x[k], y[k]) for k in TENSORS) for x, y in zip(a, b)
     )
 
 
 def _epoch_lengths(batches: list[dict]) -> list[int]:
-    return [sum(1 for b in batches if b["epoch"] == e) for e in range(batches[-1]["epoch"] + 1)]
+    return [sum(1 for b in batches if _epoch(b) == e) for e in range(_epoch(batches[-1]) + 1)]
+
+
+def _epoch(batch: dict) -> int:
+    """The epoch of a batch of one corpus (every lane's document is of the stream's epoch)."""
+    assert len(set(batch["epoch"].tolist())) == 1
+    return int(batch["epoch"][0])
 
 
 def test_epochs_seed_and_infinite_cycling(shard_dir: Path) -> None:
     loader = SegmentStreamLoader(shard_dir, "train", lanes=2, segment_length=SEGMENT_LENGTH, seed=3, epochs=2)
     batches = list(loader)
     n0, n1 = _epoch_lengths(batches)
-    assert len(batches) == n0 + n1 and [b["epoch"] for b in batches] == [0] * n0 + [1] * n1
+    assert len(batches) == n0 + n1 and [_epoch(b) for b in batches] == [0] * n0 + [1] * n1
     first = [b["doc_ids"] for b in batches[:n0]]
     assert first != [b["doc_ids"] for b in batches[n0 : n0 + n0]]  # reshuffled
     assert _same(batches[:n0], _run(shard_dir, lanes=2, seed=3))  # epoch 0 of any loader with this seed
@@ -237,7 +244,7 @@ def test_epochs_seed_and_infinite_cycling(shard_dir: Path) -> None:
     assert _same(list(loader), batches)  # a finished loader starts over
     forever = SegmentStreamLoader(shard_dir, "train", lanes=2, segment_length=SEGMENT_LENGTH, seed=3, epochs=None)
     head = list(itertools.islice(forever, n0 + n1 + 5))
-    assert _same(head[: n0 + n1], batches) and head[-1]["epoch"] == 2
+    assert _same(head[: n0 + n1], batches) and _epoch(head[-1]) == 2
 
 
 @pytest.mark.parametrize("prefetch", [0, 3])

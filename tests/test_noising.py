@@ -680,7 +680,7 @@ def test_collate(env):
         "valid": torch.tensor([True, True, False, True]),
         "resets": torch.tensor([True, False, False, False]),
         "doc_ids": [c[0] if c else "" for c in chosen],
-        "epoch": 3,
+        "epoch": torch.full((4,), 3),
         "segment_index": torch.tensor([c[1] if c else -1 for c in chosen]),
     }
     out = d.collate(batch)

@@ -3,7 +3,8 @@
 Knows nothing of the model. Cut by stage:
 
 * `format/` — the SHARD_DIR format both stages share: `manifest.json` and the per-document index
-  (manifest.py), one document's tar sample (samples.py), random access to a split (reader.py).
+  (manifest.py), one document's tar sample (samples.py), random access to a split (reader.py), whether several
+  SHARD_DIRs can be mixed into one training stream (mixing.py).
 * `prep/` — offline preparation, what the `data_prep/` scripts run: documents from files, folders and 🤗 datasets
   (sources.py) → a tokenizer (tokenizer_training.py) → token ids cut into segments (segmenting.py) → shards
   (pipeline.py, writer.py) + manifest, resumable (output.py), in one run or in slices (slices.py), through
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import BadRecordError, DataError, ManifestError, ShardError, TokenizerError
 from .format.manifest import INDEX_DTYPE, is_shard_dir, read_manifest
+from .format.mixing import check_mixable, mixing_problems
 from .format.reader import SplitReader
 from .format.samples import Sample
 from .prep.pipeline import split_of
@@ -30,7 +32,7 @@ from .prep.sources import Document, DocumentReader, ReadStats
 from .prep.summary import ShardingSummary
 from .prep.tokenizer_training import TokenizerSummary, train_tokenizer
 from .prep.verify import DirCheck, ShardCheck, check_shard_dir, split_statistics
-from .stream.schedule import EpochOrder, Schedule, Slot, StreamState
+from .stream.schedule import EpochOrder, MixtureSchedule, Schedule, Slot, StreamState
 from .tokenizer import (
     check_tokenizer,
     ends_sentence,
@@ -74,13 +76,16 @@ __all__ = [
     "Slot",
     "SplitReader",
     "StreamState",
+    "MixtureSchedule",
     "TokenizerError",
     "TokenizerSummary",
+    "check_mixable",
     "check_shard_dir",
     "check_tokenizer",
     "ends_sentence",
     "is_shard_dir",
     "load_tokenizer",
+    "mixing_problems",
     "read_manifest",
     "segment_ends",
     "sentence_end_table",

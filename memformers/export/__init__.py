@@ -12,6 +12,8 @@ What goes in OUT_DIR (hf.py writes it):
     generation_config.json       decoder start / bos / eos / pad from the model config, a max_length
     tokenizer files              the SHARD_DIR's tokenizer the model was trained with
     README.md                    model card (card.py): training config, steps, tokens, final eval losses, memory gain
+    pretraining.json             the run's noise, seed, eval settings, lanes and precision (record.py): evaluating
+                                   the export reproduces evaluating its checkpoint (pretrain/evaluate.py)
 
 The weights are DeepSpeed's fp32 masters, consolidated from the checkpoint of any ZeRO stage (consolidate.py). The
 export checks itself before it is published (verify.py): the directory, reloaded through the remote-code path, must
@@ -40,6 +42,7 @@ from .inputs import (
     read_trainer_state,
     resolve_tag_dir,
 )
+from .record import TRAINING_RECORD, read_training_record, training_record, write_training_record
 from .report import TOLERANCE, ExportError, ExportReport, VerificationError
 from .verify import check_export, compare_outputs, load_remote_code_model, verification_batch
 
@@ -48,6 +51,7 @@ __all__ = [
     "DTYPES",
     "MODEL_CODE_FILES",
     "TOLERANCE",
+    "TRAINING_RECORD",
     "ExportError",
     "ExportReport",
     "VerificationError",
@@ -58,6 +62,7 @@ __all__ = [
     "load_run_tokenizer",
     "load_training_model",
     "model_card",
+    "read_training_record",
     "resolve_tag_dir",
     "save_export",
     "verification_batch",
@@ -123,6 +128,7 @@ def export_checkpoint(
     shutil.rmtree(staging, ignore_errors=True)
     max_length = generation_max_length(trainer_state, reference.config)
     save_export(exported, hf_tokenizer, staging, trainer_state, tag_dir.name, zero_stage, max_length=max_length)
+    write_training_record(staging, training_record(trainer_state, tag_dir, zero_stage))
     max_abs_diff, rounding = check_export(staging, expected, reference, hf_tokenizer)
     report = ExportReport(
         out_dir=out_dir,

@@ -244,4 +244,7 @@ def _has_tokenizer_files(directory: Path) -> bool:
 
 
 def _data_path(trainer_state: dict) -> str | None:
-    return (trainer_state.get("config") or {}).get("data", {}).get("path")
+    """The run's SHARD_DIR: `data.path`, or a mixture's first source (the sources share the tokenizer)."""
+    data = (trainer_state.get("config") or {}).get("data", {})
+    sources = data.get("sources") or []
+    return data.get("path") or (sources[0].get("path") if sources else None)

@@ -41,13 +41,33 @@ class ModelSection:
 
 
 @dataclass
-class DataSection:
+class DataSource:
+    """One corpus of a mixture (`data.sources`)."""
+
     path: str = ""
+    """A SHARD_DIR written by `data_prep/shard_documents.py`."""
+    weight: float = 1.0
+    """Its share of the training tokens, relative to the other sources' weights."""
+    name: str | None = None
+    """Its name in metrics and document keys (default: the SHARD_DIR's folder name)."""
+
+
+@dataclass
+class DataSection:
+    path: str | None = None
     """A SHARD_DIR written by `data_prep/shard_documents.py` (its manifest fixes the segment length and tokenizer)."""
+    sources: list[DataSource] | None = None
+    """Instead of `path`: a weighted mixture, a list of {path, weight, name}; the SHARD_DIRs must share the
+    tokenizer and segment length. Each new document comes from the source furthest below its share of tokens."""
     lanes: int = 4
     """Document streams per rank: the micro batch. Each lane carries its own memory."""
     prefetch: int = 8
     """Batches prepared ahead in the loader's background thread."""
+
+    def corpora(self) -> list[DataSource]:
+        """The sources trained on, names resolved: `sources`, or `path` as one source of weight 1."""
+        listed = self.sources if self.sources else [DataSource(self.path)]
+        return [DataSource(s.path, s.weight, s.name or Path(s.path).name) for s in listed]
 
 
 @dataclass
@@ -74,7 +94,8 @@ class TrainSection:
     eps: float = 1e-6
     grad_clip: float = 1.0
     epochs: int | None = None
-    """Stop after this many passes over the training split (None: cycle until max_steps)."""
+    """Stop after this many passes over the training split (None: cycle until max_steps). With `data.sources`:
+    when the first source would start its pass number epochs + 1."""
     max_nonfinite_steps: int = 5
     """Stop the run after this many consecutive skipped (non-finite) steps."""
 
@@ -220,7 +241,7 @@ def _check_values(cfg: PretrainConfig) -> None:
             raise ConfigError(message)
 
     need(bool(cfg.run_dir), "run_dir is required: the directory for this run's checkpoints and metrics")
-    need(bool(cfg.data.path), "data.path is required: a SHARD_DIR made by data_prep/shard_documents.py")
+    _check_data(cfg.data)
     need(cfg.data.lanes >= 1, f"data.lanes must be >= 1 (got {cfg.data.lanes})")
     need(cfg.train.max_steps >= 1, f"train.max_steps must be >= 1 (got {cfg.train.max_steps})")
     need(cfg.train.time_horizon >= 1, f"train.time_horizon must be >= 1 (got {cfg.train.time_horizon})")
@@ -237,6 +258,29 @@ def _check_values(cfg: PretrainConfig) -> None:
         cfg.noise.validate()
     except ValueError as error:
         raise ConfigError(f"noise: {error}") from None
+
+
+def _check_data(data: DataSection) -> None:
+    """Exactly one of data.path and data.sources; sources with a path, a positive weight, distinct names."""
+    if data.path and data.sources:
+        raise ConfigError("set data.path or data.sources, not both (one SHARD_DIR, or a weighted mixture)")
+    if not data.path and not data.sources:
+        raise ConfigError(
+            "data.path is required: a SHARD_DIR made by data_prep/shard_documents.py "
+            "(or data.sources: a list of {path, weight, name} to train on a mixture)"
+        )
+    for i, source in enumerate(data.sources or []):
+        if not source.path:
+            raise ConfigError(f"data.sources[{i}].path is required: a SHARD_DIR made by data_prep/shard_documents.py")
+        if not source.weight > 0:
+            raise ConfigError(f"data.sources[{i}].weight must be > 0 (got {source.weight})")
+    names = [source.name for source in data.corpora()]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(
+            f"data.sources: the name(s) {', '.join(map(repr, repeated))} are used by more than one source; "
+            "give each source a distinct `name`"
+        )
 
 
 # Keys the DeepSpeed JSON must not set, because this config owns them: (ds key, what to set instead)
@@ -335,6 +379,8 @@ def config_reference() -> str:
         for f in dataclasses.fields(PretrainConfig)
         if dataclasses.is_dataclass(getattr(root, f.name))
     ]
+    sections.insert(sections.index(next(s for s in sections if s[0] == "data")) + 1,
+                    ("data.sources[]", DataSource, DataSource(), "data.sources[]."))  # fmt: skip
     for title, cls, instance, prefix in sections:
         docs, hints = _field_docs(cls), typing.get_type_hints(cls)
         lines += [f"**{title}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]

@@ -59,6 +59,14 @@ def init_runtime() -> Runtime:
     return Runtime(rank, local_rank, world_size, torch.device(accelerator.device_name(local_rank)))
 
 
+def local_device() -> torch.device:
+    """The device of a one-process job (evaluation, export) without DeepSpeed: the first GPU if there is one and
+    `DS_ACCELERATOR` does not ask for the CPU, else the CPU."""
+    if os.environ.get("DS_ACCELERATOR") != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all-reduce across ranks (a no-op without a process group)."""
     if dist.is_initialized() and dist.get_world_size() > 1:

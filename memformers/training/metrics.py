@@ -104,3 +104,28 @@ class MetricsLogger:
             self.bar.close()
         if self.wandb_run is not None:
             self.wandb_run.finish()
+
+
+def read_run_metrics(run_dir: str | os.PathLike) -> tuple[list[dict], list[dict]]:
+    """The records of `RUN_DIR/metrics.jsonl` as (step records, eval records): a step record has `loss`, an eval
+    record `eval_loss`, each list in file order.
+
+    Readable while the run writes it: a last line that does not decode (half written) is left out. Any other line
+    that does not decode raises ValueError naming the file and the line: the file is damaged, not in progress.
+    A missing file raises FileNotFoundError."""
+    path = Path(run_dir) / "metrics.jsonl"
+    lines = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            record, reason = None, error.msg
+        else:
+            reason = "not a JSON object"
+        if isinstance(record, dict):
+            records.append(record)
+        elif index < len(numbered) - 1:
+            raise ValueError(f"{path}, line {number}: not a metrics record ({reason})")
+    return [r for r in records if "loss" in r], [r for r in records if "eval_loss" in r]

@@ -37,17 +37,19 @@ class TrainState:
     """The wandb run id, kept so that a resumed run logs to the same wandb run."""
     last_eval: dict = field(default_factory=dict)
     """The latest evaluation's record (empty before the first)."""
-    parked: dict[int, torch.Tensor] = field(default_factory=dict)
-    """Memories `[M, d]` (CPU) of documents in flight that wait for a lane, by document number; the same on every
-    rank (each rank takes out the ones its lanes continue)."""
+    parked: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    """Memories `[M, d]` (CPU) of documents in flight that wait for a lane, by (document number, epoch); the same
+    on every rank (each rank takes out the ones its lanes continue)."""
     restored: int = 0
     """Documents continued from a parked memory so far, all ranks."""
+    tokens_by_source: dict[str, int] = field(default_factory=dict)
+    """Target tokens trained on so far by corpus name, all ranks (what a mixture's weights share out)."""
 
     def save(self, checkpointer: Checkpointer, engine, loader, config: PretrainConfig) -> str:
         """Checkpoint the engine, this state and `loader`'s position and the RNGs at `step`; `config` is recorded
         with it. Returns the tag. Collective: every rank calls it."""
-        waiting = {doc for doc, _ in loader.stream_state.parked}
-        self.parked = {doc: memory for doc, memory in self.parked.items() if doc in waiting}  # taken by any rank
+        waiting = {(doc, epoch) for doc, _, epoch in loader.stream_state.parked}
+        self.parked = {key: memory for key, memory in self.parked.items() if key in waiting}  # taken by any rank
         rank_state = {"loader": loader.state_dict(), "memory": self.memory.cpu(), "rng": rng_state()}
         if checkpointer.runtime.is_main:
             rank_state["parked"] = self.parked
@@ -59,6 +61,7 @@ class TrainState:
             "world_size": checkpointer.runtime.world_size,
             "lanes": loader.lanes,
             "restored_documents": self.restored,
+            "tokens_by_source": self.tokens_by_source,
             "config": config.to_dict(),
         }
         return checkpointer.save(engine, self.step, rank_state, trainer_state, engine.module.config.to_json_string())
@@ -87,14 +90,18 @@ class TrainState:
         first = runtime.rank * loader.lanes
         for i, g in enumerate(range(first, min(first + loader.lanes, layout.global_lanes))):
             self.memory[i] = lane_memory(g).to(self.memory.device, self.memory.dtype)
-        self.parked = dict(saved(0).get("parked", {}))
-        for g, doc in loader.displaced:  # lanes taken away: their documents wait, memory parked
-            self.parked[doc] = lane_memory(g).clone()
+        epoch = loader.stream_state.epoch  # checkpoints before mixtures keyed parked memories by document only
+        self.parked = {
+            key if isinstance(key, tuple) else (key, epoch): m for key, m in saved(0).get("parked", {}).items()
+        }
+        for g, doc, doc_epoch in loader.displaced:  # lanes taken away: their documents wait, memory parked
+            self.parked[(doc, doc_epoch)] = lane_memory(g).clone()
         # a rank the checkpoint did not have continues rank 0's random streams
         set_rng_state(saved(runtime.rank if runtime.rank < layout.world_size else 0)["rng"])
         self.step, self.tokens = trainer_state["step"], trainer_state["tokens"]
         self.wandb_id, self.last_eval = trainer_state.get("wandb_id"), trainer_state.get("last_eval", {})
         self.restored = trainer_state.get("restored_documents", 0)
+        self.tokens_by_source = dict(trainer_state.get("tokens_by_source", {}))
         return [] if loader.resumed_from is None else [elastic_note(layout, runtime, loader.lanes, len(self.parked))]
 
 
@@ -115,14 +122,14 @@ def elastic_note(layout: Layout, runtime: Runtime, lanes: int, waiting: int) -> 
     return line + ("; optimizer states re-partitioned through a universal checkpoint" if layout.universal else "")
 
 
-def attach_parked(batch: dict, parked: dict[int, torch.Tensor]) -> int:
+def attach_parked(batch: dict, parked: dict[tuple[int, int], torch.Tensor]) -> int:
     """For the lanes of a (CPU) batch that continue a waiting document, put its parked memory in
     `batch["restore_memory"]` `[lanes, M, d]` (taken out of `parked`); returns how many lanes do."""
     restore = batch["restore"]
     if not bool(restore.any()):
         return 0
     lanes = [int(lane) for lane in torch.nonzero(restore).flatten()]
-    rows = {lane: parked.pop(int(batch["doc_index"][lane])) for lane in lanes}
+    rows = {lane: parked.pop((int(batch["doc_index"][lane]), int(batch["epoch"][lane]))) for lane in lanes}
     sample = next(iter(rows.values()))
     memory = torch.zeros((restore.shape[0], *sample.shape), dtype=sample.dtype)
     for lane, row in rows.items():

@@ -34,10 +34,15 @@ class StepSpec:
     """Training FLOPs per target token (for the MFU estimate)."""
     peak_tflops: float | None
     """Per-device peak; None: MFU is not logged."""
+    sources: tuple[str, ...] = ("data",)
+    """The names of the corpora trained on (batches' `source` indexes them), for `tokens_by_source`."""
 
     @classmethod
-    def of(cls, train: TrainSection, engine, runtime: Runtime, peak: float | None = None) -> StepSpec:
-        """The steps of `train` on `engine`; `peak` (logging.peak_tflops) overrides the accelerator's data sheet."""
+    def of(
+        cls, train: TrainSection, engine, runtime: Runtime, peak: float | None = None, sources: tuple[str, ...] = ()
+    ) -> StepSpec:
+        """The steps of `train` on `engine`; `peak` (logging.peak_tflops) overrides the accelerator's data sheet;
+        `sources` names the corpora."""
         config = engine.module.config
         return cls(
             rollouts=train.rollouts_per_step,
@@ -50,6 +55,7 @@ class StepSpec:
             world_size=runtime.world_size,
             flops_per_token=flops_per_token(config),
             peak_tflops=peak or peak_tflops(runtime.device),
+            sources=tuple(sources) or ("data",),
         )
 
 
@@ -60,10 +66,12 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
     The record: step, loss (per target token, all ranks), lr (the one this step applied), tokens (so far, all
     ranks), tokens_per_s, grad_norm (None exactly when the update was skipped: a non-finite loss or gradient), mfu
     (None without a peak), step_time_s, skipped_steps (so far), restored_documents (documents continued from a
-    parked memory so far, after an elastic resume on fewer lanes). Collective: every rank calls it.
+    parked memory so far, after an elastic resume on fewer lanes), tokens_by_source (so far, all ranks, by corpus
+    name). Collective: every rank calls it.
     """
     started, lr = time.perf_counter(), engine.get_lr()[0]  # the lr this step applies
     step_loss, step_tokens, restored = 0.0, 0, 0
+    by_source = torch.zeros(len(spec.sources), dtype=torch.float64, device=spec.device)
     for _ in range(spec.rollouts):
         segments = take(
             batches, spec.time_horizon, spec.device, prepare=lambda b: b.update(restored=attach_parked(b, state.parked))
@@ -71,9 +79,11 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
         if segments is None:
             return None
         restored += sum(batch["restored"] for batch in segments)
+        for batch in segments:
+            by_source.index_add_(0, batch["source"].clamp(min=0), target_counts(batch).double())
         # the loss of every segment is normalised by its target tokens over all ranks: the gradient is then the
         # same however the lanes are spread over ranks (elastic resume is exact)
-        target_tokens = all_reduce(torch.stack([(batch["labels"] != -100).sum() for batch in segments]))
+        target_tokens = all_reduce(torch.stack([target_counts(batch).sum() for batch in segments]))
         result = run_rollout(
             engine,
             segments,
@@ -91,10 +101,13 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
         step_loss, step_tokens = step_loss + result.loss_sum, step_tokens + result.tokens
     state.step += 1
 
-    totals = all_reduce(torch.tensor([step_loss, step_tokens, restored], dtype=torch.float64, device=spec.device))
+    counts = torch.tensor([step_loss, step_tokens, restored], dtype=torch.float64, device=spec.device)
+    totals = all_reduce(torch.cat([counts, by_source]))  # one collective for every sum of the record
     elapsed = time.perf_counter() - started
     state.tokens += int(totals[1].item())
     state.restored += int(totals[2].item())
+    for name, tokens in zip(spec.sources, totals[3:].tolist()):
+        state.tokens_by_source[name] = state.tokens_by_source.get(name, 0) + int(tokens)
     applied = engine.was_step_applied()
     tokens_per_s = totals[1].item() / elapsed
     peak = spec.peak_tflops
@@ -109,7 +122,13 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
         "step_time_s": elapsed,
         "skipped_steps": engine.skipped_steps,
         "restored_documents": state.restored,
+        "tokens_by_source": dict(state.tokens_by_source),
     }
+
+
+def target_counts(batch: dict) -> torch.Tensor:
+    """Target tokens of each lane of a (noised) batch `[lanes]`: padding lanes and padding positions have none."""
+    return (batch["labels"] != -100).sum(dim=1)
 
 
 class NonFiniteGuard:

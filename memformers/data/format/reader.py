@@ -101,6 +101,12 @@ class SplitReader:
         """Number of segments of each document, in index order."""
         return self.index["num_segments"]
 
+    @property
+    def training_tokens(self) -> TrainingTokens:
+        """Per document, the tokens it is trained on (its tokens plus <s> and </s> per segment), computed per
+        lookup (nothing of the split's size is built)."""
+        return TrainingTokens(self.index)
+
     def _file(self, shard: int) -> IO[bytes]:
         f = self._files.pop(shard, None)
         if f is None:
@@ -139,3 +145,17 @@ class SplitReader:
         """Close the open shard files."""
         while self._files:
             self._files.popitem()[1].close()
+
+
+class TrainingTokens:
+    """`tokens[doc]`: a document's training tokens (tokens + 2 per segment) from the split's index, by lookup."""
+
+    def __init__(self, index: np.ndarray) -> None:
+        self._index = index
+
+    def __len__(self) -> int:
+        return int(self._index.size)
+
+    def __getitem__(self, doc: int) -> int:
+        row = self._index[doc]
+        return int(row["num_tokens"]) + 2 * int(row["num_segments"])

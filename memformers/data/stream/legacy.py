@@ -64,5 +64,5 @@ def state_from_v1(
             elif start >= batch:
                 pending.append((start, rank, lane, doc))
     state.batch, state.position = batch, counts.size
-    state.waiting = [(doc, 0) for *_, doc in sorted(pending)]
+    state.waiting = [(doc, 0, epoch) for *_, doc in sorted(pending)]
     return state

@@ -11,14 +11,19 @@ Contract (NOTES.md). Each batch is a dict:
     doc_ids        list[str]              document keys, "" for padding lanes
     doc_index      LongTensor [lanes]     document number in the split's index, -1 for padding lanes
     segment_index  LongTensor [lanes]     index of the segment in its document, -1 for padding lanes
-    epoch          int
+    epoch          LongTensor [lanes]     the epoch each lane's document was dealt in (its corpus's epoch in a
+                                          mixture; the noise depends on it); padding lanes: the stream's epoch
+    source         LongTensor [lanes]     the corpus of each lane's document (0 for one corpus), -1 for padding
 
 Which segment each lane emits when is the schedule of schedule.py, over *global* lanes (rank × lanes + lane): per
 epoch the split's documents are visited in a keyed order from (seed, epoch) and dealt to whichever global lane is
 free; each lane emits one document's segments in order, then takes the next. Every rank advances the same global
 schedule and yields its own lanes, so all ranks yield the same number of batches per epoch, padding lanes marked
 invalid. Over an epoch every segment of every document is yielded exactly once, in order, on one lane at a time.
-Ranks must pass the same `seed`.
+Ranks must pass the same `seed`. Given several SHARD_DIRs with `weights` (and `names`), the loader streams a
+mixture (`MixtureSchedule`): each new document comes from the corpus furthest below its weight's share of the
+training tokens, each corpus through its own epochs; document numbers run across the corpora in order and keys
+are `name/key`. The corpora must share the tokenizer and segment length (`check_mixable`).
 
 The position in the stream is the global `StreamState`: `state_dict()` records it (with what must not change
 under it), `load_state_dict()` restores it — also into a loader of another world size or lane count (elastic
@@ -41,7 +46,7 @@ import hashlib
 import os
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +55,15 @@ import torch
 
 from ..errors import DataError
 from ..format.manifest import MANIFEST_NAME, read_manifest, split_entry
+from ..format.mixing import check_mixable
 from ..format.reader import SplitReader
 from ..format.samples import Sample
 from .legacy import state_from_v1
-from .schedule import Schedule, Slot, StreamState
+from .schedule import MixtureSchedule, Schedule, Slot, StreamState
 
-STATE_VERSION = 2
-_FIXED = ("seed", "split", "segment_length", "corpus_sha256")  # what a resumed state must share
+STATE_VERSION = 3  # 3: lanes and waiting documents carry their epoch; mixtures
+READABLE_STATES = (1, 2, STATE_VERSION)
+_FIXED = ("seed", "split", "segment_length", "corpus_sha256", "sources", "weights")  # what a resumed state must share
 _END = object()
 
 
@@ -65,9 +72,11 @@ class SegmentStreamLoader:
 
     def __init__(
         self,
-        shard_dir: str | os.PathLike,
+        shard_dir: str | os.PathLike | Sequence[str | os.PathLike],
         split: str = "train",
         *,
+        weights: Sequence[float] | None = None,
+        names: Sequence[str] | None = None,
         rank: int = 0,
         world_size: int = 1,
         lanes: int,
@@ -85,31 +94,54 @@ class SegmentStreamLoader:
             raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
-        self.shard_dir = Path(shard_dir)
-        self.manifest = read_manifest(shard_dir)
-        if segment_length != self.manifest["segment_length"]:
-            raise DataError(
-                f"segment_length={segment_length} but the shards in {shard_dir} were cut into segments of "
-                f"{self.manifest['segment_length']} tokens: pass segment_length={self.manifest['segment_length']}, "
-                f"or re-shard the corpus with --segment-length {segment_length}"
-            )
+        dirs = [Path(shard_dir)] if isinstance(shard_dir, (str, os.PathLike)) else [Path(d) for d in shard_dir]
+        self.names = list(names) if names is not None else [d.name for d in dirs]
+        self.weights = [float(w) for w in weights] if weights is not None else [1.0] * len(dirs)
+        if not len(dirs) == len(self.names) == len(self.weights) >= 1:
+            raise ValueError("give one name and one weight per SHARD_DIR")
+        manifests = [read_manifest(d) for d in dirs]
+        if len(dirs) > 1:  # first: its message names both corpora and everything that differs
+            check_mixable(list(zip(self.names, dirs, manifests)))
+        for d, manifest in zip(dirs, manifests):
+            _check_split(d, manifest, split, segment_length)
+        self.shard_dirs, self.shard_dir, self.manifest = dirs, dirs[0], manifests[0]
         self.split = split
-        split_entry(self.manifest, split, shard_dir)
         self.rank, self.world_size, self.lanes = rank, world_size, lanes
         self.segment_length, self.seed, self.epochs = segment_length, seed, epochs
         self.transform, self.prefetch = transform, prefetch
         ids = self.manifest["tokenizer"]["special_ids"]
         self.bos_id, self.eos_id, self.pad_id = ids["bos"], ids["eos"], ids["pad"]
-        self._reader = SplitReader(shard_dir, split, self.manifest)  # maps the index, checks shard sizes
-        if len(self._reader) == 0:
-            raise DataError(f"split {split!r} of {shard_dir} has no documents")
-        self._schedule = Schedule(self._reader.segment_counts, seed)  # a view of the mapped index: no copy
-        self._corpus = hashlib.sha256((self.shard_dir / MANIFEST_NAME).read_bytes()).hexdigest()
-        self._state = StreamState.fresh(self.global_lanes)
+        # the indexes are mapped (shared through the page cache); the shard sizes checked
+        self._readers = [SplitReader(d, split, m) for d, m in zip(dirs, manifests)]
+        for d, reader in zip(dirs, self._readers):
+            if len(reader) == 0:
+                raise DataError(f"split {split!r} of {d} has no documents")
+        self._schedule = self._make_schedule(epochs)
+        self._passes = self._schedule.passes(epochs)
+        self._corpus = [hashlib.sha256((d / MANIFEST_NAME).read_bytes()).hexdigest() for d in dirs]
+        self._state = self._schedule.fresh(self.global_lanes)
         self._first_lane = rank * lanes
         self.resumed_from: tuple[int, int] | None = None  # (world_size, lanes) of a state loaded from another shape
-        self.displaced: list[tuple[int, int]] = []  # (old global lane, document) of the documents the resume made wait
+        # (old global lane, document, epoch) of the documents the resume made wait
+        self.displaced: list[tuple[int, int, int]] = []
         self._active = self._finished = False
+
+    def _make_schedule(self, epochs: int | None) -> Schedule:
+        """One corpus: its epochs are the stream's. Several: a mixture, each corpus with its own epochs."""
+        if len(self._readers) == 1:  # a view of the mapped index: no copy
+            return Schedule(self._readers[0].segment_counts, self.seed)
+        return MixtureSchedule(
+            [reader.segment_counts for reader in self._readers],
+            [reader.training_tokens for reader in self._readers],
+            self.weights,
+            self.seed,
+            epochs,
+        )
+
+    @property
+    def mixture(self) -> bool:
+        """Whether this loader mixes several corpora (document keys are then prefixed `name/`)."""
+        return len(self._readers) > 1
 
     @property
     def global_lanes(self) -> int:
@@ -118,20 +150,28 @@ class SegmentStreamLoader:
 
     @property
     def num_documents(self) -> int:
-        """Documents in the split (all ranks)."""
-        return len(self._reader)
+        """Documents in the split (all ranks; of every corpus of a mixture)."""
+        return sum(len(reader) for reader in self._readers)
 
     @property
     def stream_state(self) -> StreamState:
         """A snapshot of the global stream position (the next batch to be yielded)."""
         return self._state.copy()
 
+    def passes_done(self) -> list[float]:
+        """Per corpus, the passes over its split dealt so far (epoch + the fraction of its order dealt) at the
+        position of the next batch: 2.25 is a quarter into the third pass."""
+        state = self._state
+        if not self.mixture:
+            return [state.epoch + state.position / len(self._readers[0])]
+        return [epoch + position / len(reader) for (epoch, position, _), reader in zip(state.sources, self._readers)]
+
     # -- state ---------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """The position of the next batch to be yielded, the shape it was taken with, and what it is only valid
         with (seed, split, segment length, corpus). The same on every rank."""
-        return {
+        state = {
             "version": STATE_VERSION,
             "stream": self._state.as_dict(),
             "world_size": self.world_size,
@@ -139,8 +179,11 @@ class SegmentStreamLoader:
             "seed": self.seed,
             "split": self.split,
             "segment_length": self.segment_length,
-            "corpus_sha256": self._corpus,
+            "corpus_sha256": self._corpus[0] if not self.mixture else self._corpus,
         }
+        if self.mixture:
+            state.update(sources=list(self.names), weights=list(self.weights))
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume at the position of `state`, taken by a loader of any world size and lane count (the global
@@ -149,15 +192,15 @@ class SegmentStreamLoader:
         another seed, split, segment length or corpus."""
         if self._active:
             raise RuntimeError("load_state_dict() while iterating: call it before the loop, or after it ends")
-        if state.get("version") not in (1, STATE_VERSION):
-            raise ValueError(f"loader state version {state.get('version')} is not 1 or {STATE_VERSION}")
+        if state.get("version") not in READABLE_STATES:
+            raise ValueError(f"loader state version {state.get('version')} is not one of {READABLE_STATES}")
         mine = self.state_dict()
-        differ = [k for k in _FIXED if state[k] != mine[k]]
+        differ = [k for k in _FIXED if state.get(k) != mine.get(k)]
         if differ:
             raise ValueError(
                 "cannot resume: the loader state was taken with other "
-                + ", ".join(f"{k} ({state[k]!r}, now {mine[k]!r})" for k in differ)
-                + "; resume with the same seed, split, segment length and SHARD_DIR"
+                + ", ".join(f"{k} ({state.get(k)!r}, now {mine.get(k)!r})" for k in differ)
+                + "; resume with the same seed, split, segment length and SHARD_DIR(s) (mixture sources and weights)"
             )
         stream = self._saved_stream(state)
         shape = (int(state["world_size"]), int(state["lanes"]))
@@ -170,7 +213,7 @@ class SegmentStreamLoader:
         carried over by `legacy.state_from_v1`)."""
         if state["version"] == 1:
             return state_from_v1(
-                self._reader.segment_counts,
+                self._readers[0].segment_counts,
                 self.seed,
                 int(state["epoch"]),
                 int(state["batch"]),
@@ -185,7 +228,7 @@ class SegmentStreamLoader:
         if self._active:
             raise RuntimeError("this loader is already being iterated")
         if self._finished:  # the last iteration ran to the end: this one is a new pass
-            self._state, self._finished = StreamState.fresh(self.global_lanes), False
+            self._state, self._finished = self._schedule.fresh(self.global_lanes), False
         self._active = True
         try:
             if self.prefetch == 0:
@@ -225,7 +268,8 @@ class SegmentStreamLoader:
         """Close the shard files (reopened when iterated again)."""
         if self._active:
             raise RuntimeError("close() while iterating")
-        self._reader.close()
+        for reader in self._readers:
+            reader.close()
 
     def _run(self, state: StreamState, items: queue.Queue, stop: threading.Event) -> None:
         """Prefetch thread: produce into `items`, then _END or the exception raised."""
@@ -241,11 +285,10 @@ class SegmentStreamLoader:
         """(batch, a snapshot of the position after it) from `state` on (advanced in place)."""
         held: dict[int, tuple[int, Sample]] = {}  # lane -> (document, its sample)
         mine = slice(self._first_lane, self._first_lane + self.lanes)
-        while (self.epochs is None or state.epoch < self.epochs) and not stop.is_set():
+        while (self._passes is None or state.epoch < self._passes) and not stop.is_set():
             slots = self._schedule.next_batch(state)
             if slots is None:
                 state.next_epoch()
-                held.clear()
                 continue
             out = self._assemble(slots[mine], held, state.epoch)
             if self.transform is not None:
@@ -259,16 +302,20 @@ class SegmentStreamLoader:
         doc_index = np.full(lanes, -1, dtype=np.int64)
         seg_index = np.full(lanes, -1, dtype=np.int64)
         restore = np.zeros(lanes, dtype=bool)
+        epochs = np.full(lanes, epoch, dtype=np.int64)
+        source = np.full(lanes, -1, dtype=np.int64)
         for lane, slot in enumerate(slots):
             if slot is None:
                 continue
             current = held.get(lane)
             if current is None or current[0] != slot.doc:
-                current = held[lane] = (slot.doc, self._reader.read(slot.doc))
-            sample, k = current[1], slot.segment
+                current = held[lane] = (slot.doc, *self._read(slot.doc))
+            _, sample, source[lane], key = current
+            k = slot.segment
             begin = int(sample.ends[k - 1]) if k else 0
             segments[lane] = sample.ids[begin : int(sample.ends[k])]
-            doc_ids[lane], doc_index[lane], seg_index[lane], restore[lane] = sample.key, slot.doc, k, slot.restored
+            doc_ids[lane], doc_index[lane], seg_index[lane], restore[lane] = key, slot.doc, k, slot.restored
+            epochs[lane] = slot.epoch
         lengths = np.array([0 if s is None else s.size for s in segments], dtype=np.int64)
         width = int(lengths.max()) + 2
         ids = np.full((lanes, width), self.pad_id, dtype=np.int64)
@@ -286,8 +333,18 @@ class SegmentStreamLoader:
             "doc_ids": doc_ids,
             "doc_index": torch.from_numpy(doc_index),
             "segment_index": torch.from_numpy(seg_index),
-            "epoch": epoch,
+            "epoch": torch.from_numpy(epochs),
+            "source": torch.from_numpy(source),
         }
+
+    def _read(self, doc: int) -> tuple[Sample, int, str]:
+        """Document `doc` of the stream: its sample, its corpus and its key (`name/key` in a mixture)."""
+        if not self.mixture:
+            sample = self._readers[0].read(doc)
+            return sample, 0, sample.key
+        source, local = self._schedule.source_of(doc)
+        sample = self._readers[source].read(local)
+        return sample, source, f"{self.names[source]}/{sample.key}"
 
 
 def _put(items: queue.Queue, item: Any, stop: threading.Event) -> bool:
@@ -299,3 +356,14 @@ def _put(items: queue.Queue, item: Any, stop: threading.Event) -> bool:
         except queue.Full:
             continue
     return False
+
+
+def _check_split(shard_dir: Path, manifest: dict[str, Any], split: str, segment_length: int) -> None:
+    """The corpus has `split` and was cut into segments of `segment_length`; DataError says what to pass."""
+    if segment_length != manifest["segment_length"]:
+        raise DataError(
+            f"segment_length={segment_length} but the shards in {shard_dir} were cut into segments of "
+            f"{manifest['segment_length']} tokens: pass segment_length={manifest['segment_length']}, "
+            f"or re-shard the corpus with --segment-length {segment_length}"
+        )
+    split_entry(manifest, split, shard_dir)

@@ -8,18 +8,26 @@ schedule is defined over global lanes only, so it does not depend on how they ar
    p → document is computed on demand: nothing of size D is built, on any rank.
 2. Deal: at every batch, each free global lane, in lane order, takes the next document: first one from the
    *waiting* queue (documents in flight that lost their lane when a run resumed with fewer global lanes; each
-   continues at its next segment, with its memory), else the next document of the epoch order. A lane emits its
-   document's segments at consecutive batches, then is free again.
-3. Epoch end: when the order and the waiting queue are exhausted, lanes with nothing to take are padding; the
-   epoch ends after the batch in which the last lane emits its last segment. Every rank advances the same global
-   state, so all ranks yield the same number of batches (DeepSpeed runs collectives in lockstep).
+   continues at its next segment, with its memory), else the next *new* document. A lane emits its document's
+   segments at consecutive batches, then is free again.
+3. New documents. One corpus (`Schedule`): the next document of the epoch order; when the order and the waiting
+   queue are exhausted, lanes with nothing to take are padding, and the epoch ends after the batch in which the
+   last lane emits its last segment (`next_batch` returns None; the caller moves to `state.next_epoch()`).
+   A mixture of corpora (`MixtureSchedule`): the corpus whose dealt training tokens, divided by its weight, are
+   the fewest (the first such), so each corpus's share of the tokens follows its weight within one document;
+   then that corpus's next document of its own epoch order. Each corpus runs through its own epochs (a small one
+   repeats); the stream ends when the first corpus would start its pass number `epochs` + 1.
+   Every rank advances the same global state, so all ranks yield the same number of batches (DeepSpeed runs
+   collectives in lockstep).
 
 Over an epoch every segment of every document is emitted exactly once, in order, on one lane at a time (a
-document displaced by a resize continues on another lane, never twice). The position in the stream is the
-`StreamState` (epoch, batch, documents dealt, each lane's document and first batch, the waiting queue): O(G +
-waiting) numbers, independent of D. `StreamState.resize(G')` maps it to another global lane count: lanes below
-G' keep their documents; documents of the lanes beyond go to the end of the waiting queue, in lane order; new
-lanes start free. With G' = G the continuation is exact.
+document displaced by a resize continues on another lane, never twice). An in-flight document is identified by
+(document, epoch): in a mixture a small corpus can have one document in flight in two of its epochs at once.
+The position in the stream is the `StreamState` (epoch, batch, documents dealt, each lane's document, epoch and
+first batch, the waiting queue, a mixture's per-corpus epoch, position and tokens): O(G + waiting + corpora)
+numbers, independent of D. `StreamState.resize(G')` maps it to another global lane count: lanes below G' keep
+their documents; documents of the lanes beyond go to the end of the waiting queue, in lane order; new lanes start
+free. With G' = G the continuation is exact.
 
 Cost per batch: O(G) Python (a few microseconds per lane) on every rank, in the loader's prefetch thread.
 """
@@ -80,14 +88,21 @@ class EpochOrder:
         return self.n
 
 
+def source_seed(seed: int, source: int) -> int:
+    """The seed of corpus `source`'s epoch orders in a mixture (corpora of one size get different orders)."""
+    return _mix64((seed & _MASK64) ^ _mix64(source + 1))
+
+
 @dataclass
 class StreamState:
     """The position in the stream, over global lanes (see the module docstring). JSON-able via `as_dict`.
 
-    `lane_doc[g]` is the document global lane g holds (FREE if none, or if its last segment has been emitted) and
-    `lane_start[g]` the batch of its segment 0 (for a document resumed from the waiting queue, the batch it would
-    have started at), so at batch b the lane emits segment b - lane_start[g]. `waiting` holds (document, next
-    segment) pairs, first in first out; the first `waiting_taken` of them have been taken.
+    `lane_doc[g]` is the document global lane g holds (FREE if none, or if its last segment has been emitted),
+    `lane_epoch[g]` the epoch it was dealt in and `lane_start[g]` the batch of its segment 0 (for a document
+    resumed from the waiting queue, the batch it would have started at), so at batch b the lane emits segment
+    b - lane_start[g]. `waiting` holds (document, next segment, epoch), first in first out; the first
+    `waiting_taken` of them have been taken. `sources` (a mixture only) holds per corpus [epoch, position in that
+    epoch's order, training tokens dealt]; one corpus uses `epoch` and `position`.
     """
 
     epoch: int = 0
@@ -95,12 +110,21 @@ class StreamState:
     position: int = 0
     lane_doc: list[int] = field(default_factory=list)
     lane_start: list[int] = field(default_factory=list)
-    waiting: list[tuple[int, int]] = field(default_factory=list)
+    lane_epoch: list[int] = field(default_factory=list)
+    waiting: list[tuple[int, int, int]] = field(default_factory=list)
     waiting_taken: int = 0
+    sources: list[list[int]] = field(default_factory=list)
 
     @classmethod
-    def fresh(cls, lanes: int, epoch: int = 0) -> StreamState:
-        return cls(epoch=epoch, lane_doc=[FREE] * lanes, lane_start=[0] * lanes)
+    def fresh(cls, lanes: int, epoch: int = 0, sources: int = 0) -> StreamState:
+        """The start of epoch `epoch` over `lanes` global lanes (`sources`: corpora of a mixture, 0 for one)."""
+        return cls(
+            epoch=epoch,
+            lane_doc=[FREE] * lanes,
+            lane_start=[0] * lanes,
+            lane_epoch=[epoch] * lanes,
+            sources=[[0, 0, 0] for _ in range(sources)],
+        )
 
     @property
     def lanes(self) -> int:
@@ -108,44 +132,49 @@ class StreamState:
 
     def next_epoch(self) -> None:
         """Move to the start of the next epoch (every lane free, nothing dealt)."""
-        self.epoch, self.batch, self.position = self.epoch + 1, 0, 0
-        self.lane_doc, self.lane_start, self.waiting, self.waiting_taken = [FREE] * self.lanes, [0] * self.lanes, [], 0
+        fresh = StreamState.fresh(self.lanes, self.epoch + 1, len(self.sources))
+        self.__dict__.update(fresh.__dict__)
 
     def copy(self) -> StreamState:
-        """A snapshot (O(lanes): the waiting list is shared, never changed in place)."""
+        """A snapshot (O(lanes + corpora): the waiting list is shared, never changed in place)."""
         return StreamState(
             self.epoch,
             self.batch,
             self.position,
             list(self.lane_doc),
             list(self.lane_start),
+            list(self.lane_epoch),
             self.waiting,
             self.waiting_taken,
+            [list(cursor) for cursor in self.sources],
         )
 
     @property
-    def parked(self) -> list[tuple[int, int]]:
-        """The waiting documents that are in flight (next segment > 0): their memories are parked somewhere."""
-        return [(doc, segment) for doc, segment in self.waiting[self.waiting_taken :] if segment > 0]
+    def parked(self) -> list[tuple[int, int, int]]:
+        """The waiting (document, next segment, epoch) that are in flight (next segment > 0): their memories are
+        parked somewhere."""
+        return [entry for entry in self.waiting[self.waiting_taken :] if entry[1] > 0]
 
-    def held_beyond(self, lanes: int) -> list[tuple[int, int]]:
-        """(global lane, document) of the lanes from `lanes` on that hold a document: what `resize(lanes)` makes
-        wait."""
-        return [(g, doc) for g, doc in enumerate(self.lane_doc) if g >= lanes and doc != FREE]
+    def held_beyond(self, lanes: int) -> list[tuple[int, int, int]]:
+        """(global lane, document, epoch) of the lanes from `lanes` on that hold a document: what `resize(lanes)`
+        makes wait."""
+        return [(g, doc, self.lane_epoch[g]) for g, doc in enumerate(self.lane_doc) if g >= lanes and doc != FREE]
 
     def resize(self, lanes: int) -> StreamState:
         """This state over `lanes` global lanes: nothing lost, nothing repeated (module docstring)."""
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         keep = min(lanes, self.lanes)
-        displaced = [(doc, self.batch - self.lane_start[g]) for g, doc in self.held_beyond(keep)]
+        displaced = [(doc, self.batch - self.lane_start[g], epoch) for g, doc, epoch in self.held_beyond(keep)]
         return StreamState(
             epoch=self.epoch,
             batch=self.batch,
             position=self.position,
             lane_doc=self.lane_doc[:keep] + [FREE] * (lanes - keep),
             lane_start=self.lane_start[:keep] + [0] * (lanes - keep),
+            lane_epoch=self.lane_epoch[:keep] + [self.epoch] * (lanes - keep),
             waiting=[*self.waiting[self.waiting_taken :], *displaced],
+            sources=[list(cursor) for cursor in self.sources],
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -155,33 +184,43 @@ class StreamState:
             "position": self.position,
             "lane_doc": list(self.lane_doc),
             "lane_start": list(self.lane_start),
+            "lane_epoch": list(self.lane_epoch),
             "waiting": [list(w) for w in self.waiting[self.waiting_taken :]],
+            "sources": [list(cursor) for cursor in self.sources],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamState:
+        """The state `as_dict` wrote; also one saved before lanes had epochs (every document was of `epoch`)."""
+        epoch = int(d["epoch"])
+        lane_doc = [int(x) for x in d["lane_doc"]]
         return cls(
-            int(d["epoch"]),
+            epoch,
             int(d["batch"]),
             int(d["position"]),
-            [int(x) for x in d["lane_doc"]],
+            lane_doc,
             [int(x) for x in d["lane_start"]],
-            [(int(a), int(b)) for a, b in d["waiting"]],
+            [int(x) for x in d.get("lane_epoch", [epoch] * len(lane_doc))],
+            [(int(w[0]), int(w[1]), int(w[2]) if len(w) > 2 else epoch) for w in d["waiting"]],
+            0,
+            [[int(x) for x in cursor] for cursor in d.get("sources", [])],
         )
 
 
 @dataclass(frozen=True)
 class Slot:
-    """What one lane emits at one batch: segment `segment` of document `doc`; `restored`: the document continues
-    from the waiting queue on this lane (its memory comes from where it was parked, not from the lane)."""
+    """What one lane emits at one batch: segment `segment` of document `doc`, dealt in epoch `epoch`; `restored`:
+    the document continues from the waiting queue on this lane (its memory comes from where it was parked, not
+    from the lane)."""
 
     doc: int
     segment: int
     restored: bool = False
+    epoch: int = 0
 
 
 class Schedule:
-    """Advances a `StreamState` batch by batch over a split with these segment counts (any 1-D integer array,
+    """Advances a `StreamState` batch by batch over one split with these segment counts (any 1-D integer array,
     e.g. a memory-mapped view of the index's `num_segments`); one object per loader, shared by nothing."""
 
     def __init__(self, segment_counts: Sequence[int] | np.ndarray, seed: int) -> None:
@@ -193,10 +232,22 @@ class Schedule:
         self._order: EpochOrder | None = None
         self._order_epoch = -1
 
+    def fresh(self, lanes: int) -> StreamState:
+        """The start of the stream over `lanes` global lanes."""
+        return StreamState.fresh(lanes)
+
+    def passes(self, epochs: int | None) -> int | None:
+        """How many `StreamState` epochs `epochs` passes over the data are (None: endless)."""
+        return epochs
+
     def order(self, epoch: int) -> EpochOrder:
         if self._order is None or self._order_epoch != epoch:
             self._order, self._order_epoch = EpochOrder(self.num_docs, self.seed, epoch), epoch
         return self._order
+
+    def segments(self, doc: int) -> int:
+        """Segments of document `doc`."""
+        return int(self.counts[doc])
 
     def next_batch(self, state: StreamState) -> list[Slot | None] | None:
         """The slots of every global lane at the state's batch, advancing `state` past it; None (and `state`
@@ -207,26 +258,111 @@ class Schedule:
         state.batch += 1
         return slots
 
+    def new_document(self, state: StreamState) -> tuple[int, int] | None:
+        """(document, epoch) a free lane starts next, advancing `state`; None when there is none."""
+        if state.position >= self.num_docs:
+            return None
+        doc = self.order(state.epoch)[state.position]
+        state.position += 1
+        return doc, state.epoch
+
     def _deal(self, state: StreamState) -> list[Slot | None]:
-        order, batch, counts = self.order(state.epoch), state.batch, self.counts
-        lane_doc, lane_start, waiting = state.lane_doc, state.lane_start, state.waiting
+        batch, lane_doc, lane_start, lane_epoch, waiting = (
+            state.batch,
+            state.lane_doc,
+            state.lane_start,
+            state.lane_epoch,
+            state.waiting,
+        )
         slots: list[Slot | None] = []
         for g in range(len(lane_doc)):
             doc, restored = lane_doc[g], False
             if doc == FREE:
                 if state.waiting_taken < len(waiting):
-                    doc, segment = waiting[state.waiting_taken]
+                    doc, segment, epoch = waiting[state.waiting_taken]
                     state.waiting_taken += 1
-                    lane_doc[g], lane_start[g], restored = doc, batch - segment, segment > 0
-                elif state.position < order.n:
-                    doc = lane_doc[g] = order[state.position]
-                    lane_start[g] = batch
-                    state.position += 1
+                    lane_start[g], restored = batch - segment, segment > 0
                 else:
-                    slots.append(None)
-                    continue
+                    new = self.new_document(state)
+                    if new is None:
+                        slots.append(None)
+                        continue
+                    (doc, epoch), lane_start[g] = new, batch
+                lane_doc[g], lane_epoch[g] = doc, epoch
             segment = batch - lane_start[g]
-            slots.append(Slot(doc, segment, restored))
-            if segment + 1 >= int(counts[doc]):  # its last segment: the lane is free for the next batch
+            slots.append(Slot(doc, segment, restored, lane_epoch[g]))
+            if segment + 1 >= self.segments(doc):  # its last segment: the lane is free for the next batch
                 lane_doc[g] = FREE
         return slots
+
+
+class MixtureSchedule(Schedule):
+    """The schedule over a weighted mixture of splits (module docstring, 3.): documents are numbered across the
+    corpora, corpus s holding [offsets[s], offsets[s] + D_s); `epochs` passes of the first corpus to finish them
+    end the stream (None: endless).
+
+    Args:
+        segment_counts: per corpus, its documents' segment counts.
+        token_counts: per corpus, its documents' training tokens (what the weights share out).
+        weights: per corpus, > 0 (normalised here).
+    """
+
+    def __init__(
+        self,
+        segment_counts: Sequence[Sequence[int] | np.ndarray],
+        token_counts: Sequence[Sequence[int] | np.ndarray],
+        weights: Sequence[float],
+        seed: int,
+        epochs: int | None,
+    ) -> None:
+        if not len(segment_counts) == len(token_counts) == len(weights) >= 1:
+            raise ValueError("a mixture needs segment counts, token counts and a weight for each of its corpora")
+        if any(len(counts) < 1 for counts in segment_counts):
+            raise ValueError("every corpus of a mixture needs at least one document")
+        if any(not w > 0 for w in weights):
+            raise ValueError(f"mixture weights must be > 0, got {list(weights)}")
+        self.parts, self.tokens, self.seed, self.epochs = list(segment_counts), list(token_counts), seed, epochs
+        total = float(sum(weights))
+        self.weights = [float(w) / total for w in weights]
+        self.offsets = np.cumsum([0] + [len(counts) for counts in segment_counts])
+        self.num_docs = int(self.offsets[-1])
+        self._orders: dict[int, tuple[int, EpochOrder]] = {}  # corpus -> (epoch, its order)
+
+    def fresh(self, lanes: int) -> StreamState:
+        return StreamState.fresh(lanes, sources=len(self.parts))
+
+    def passes(self, epochs: int | None) -> int | None:
+        return None if epochs is None else 1  # one stream; the corpora's own epochs end it
+
+    def source_of(self, doc: int) -> tuple[int, int]:
+        """(corpus, its document number) of mixture document `doc`."""
+        source = int(np.searchsorted(self.offsets, doc, side="right")) - 1
+        return source, doc - int(self.offsets[source])
+
+    def segments(self, doc: int) -> int:
+        source, local = self.source_of(doc)
+        return int(self.parts[source][local])
+
+    def source_order(self, source: int, epoch: int) -> EpochOrder:
+        cached = self._orders.get(source)
+        if cached is None or cached[0] != epoch:
+            cached = self._orders[source] = (
+                epoch,
+                EpochOrder(len(self.parts[source]), source_seed(self.seed, source), epoch),
+            )
+        return cached[1]
+
+    def new_document(self, state: StreamState) -> tuple[int, int] | None:
+        cursors = state.sources
+        source = min(range(len(cursors)), key=lambda s: (cursors[s][2] / self.weights[s], s))
+        cursor = cursors[source]  # [epoch, position, tokens]
+        if cursor[1] >= len(self.parts[source]):  # this corpus starts its next pass, unless that ends the stream
+            if self.epochs is not None and cursor[0] + 1 >= self.epochs:
+                return None
+            cursor[0], cursor[1] = cursor[0] + 1, 0
+        if self.epochs is not None and cursor[0] >= self.epochs:  # epochs=0: nothing at all
+            return None
+        local = self.source_order(source, cursor[0])[cursor[1]]
+        cursor[1] += 1
+        cursor[2] += int(self.tokens[source][local])
+        return int(self.offsets[source]) + local, cursor[0]
