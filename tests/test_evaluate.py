@@ -40,7 +40,8 @@ def test_a_checkpoint_reproduces_the_training_time_evaluation(tmp_path_factory, 
     assert model.identity["kind"] == "checkpoint" and model.identity["step"] == 3
     assert model.identity["precision"] == "bf16" and model.global_lanes == 4  # 2 ranks x 2 lanes
     result = evaluate_corpora(model, [tiny_shards])
-    # ZeRO-3 computes its linear layers with its own bf16 matmul (measured: 1e-4 overall, 6e-4 at a position, on a 6.0 loss); ZeRO-2 exact
+    # ZeRO-3 computes its linear layers with its own bf16 matmul (measured: 1e-4 overall, 6e-4 at a position, on
+    # a 6.0 loss); ZeRO-2 is exact
     tolerance = 1e-5 if stage == "zero2" else 2e-3
     assert_same_figures(result, last_eval(run_dir), tolerance)
     assert_same_figures(result["corpora"]["shards"], last_eval(run_dir), tolerance)

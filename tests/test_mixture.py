@@ -197,3 +197,15 @@ def test_a_mixture_run_resumes_exactly(mixture_run, tiny_shards, second_shards, 
     assert exact(run_dir) == exact(mixture_run)
     evals = lambda d: [(e["step"], e["eval_loss_by_source"]) for e in _records(d)[1]]  # noqa: E731
     assert evals(run_dir) == evals(mixture_run)
+
+
+@pytest.mark.slow
+def test_evaluate_gives_the_mixture_runs_own_per_source_figures(mixture_run, tiny_shards, second_shards):
+    from memformers.evaluate import evaluate_corpora, load_eval_model
+
+    result = evaluate_corpora(load_eval_model(str(mixture_run)), [tiny_shards, second_shards])
+    logged = _records(mixture_run)[1][-1]
+    assert result["eval_loss"] == pytest.approx(logged["eval_loss"], abs=1e-5)
+    assert list(result["eval_loss_by_source"].values()) == pytest.approx(
+        list(logged["eval_loss_by_source"].values()), abs=1e-5
+    )  # the same sources in the same order (evaluate names them by folder)
