@@ -287,6 +287,23 @@ class BartDenoiser:
             raise ValueError("BartDenoiser: random_ratio > 0 but the vocabulary has no non-special token")
         self._span_cdf = _poisson_cdf(self.cfg.poisson_lambda) if self.cfg.mask_length == "span-poisson" else None
 
+    @classmethod
+    def for_tokenizer(cls, cfg: DenoisingConfig, tokenizer, *, seed: int) -> BartDenoiser:
+        """The denoiser of segments tokenized by `tokenizer`: its token tables and special ids."""
+        from memformers.data.tokenizer import special_ids
+
+        special = special_ids(tokenizer)
+        return cls(
+            cfg,
+            token_tables(tokenizer),
+            mask_id=special["mask"],
+            bos_id=special["bos"],
+            eos_id=special["eos"],
+            pad_id=special["pad"],
+            vocab_size=len(tokenizer),
+            seed=seed,
+        )
+
     # -- public API ----------------------------------------------------------------------------------
     def rng(self, *, epoch: int, doc_id: str, segment_index: int) -> np.random.Generator:
         """The generator every draw for this segment comes from (see the module docstring)."""

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from memformers.data import DataError, SegmentStreamLoader, load_tokenizer, read_manifest, special_ids
+from memformers.data import DataError, SegmentStreamLoader, load_tokenizer, read_manifest
 from memformers.data.format.manifest import MANIFEST_NAME
 from memformers.files import write_json_atomic
-from memformers.noising import BartDenoiser, DenoisingConfig, token_tables
+from memformers.noising import BartDenoiser, DenoisingConfig
 from memformers.training.batches import to_device
 from memformers.training.config import EvalSection
 from memformers.training.evaluation import evaluation_sums, pooled, summarise
@@ -49,7 +49,7 @@ def evaluate_corpora(
     sums, corpora = {}, {}
     for name, shard_dir in zip(names, map(Path, shard_dirs)):
         manifest = checked_corpus(loaded, shard_dir, split)
-        sums[name] = corpus_sums(loaded, shard_dir, split, lanes, settings)
+        sums[name] = corpus_sums(loaded, shard_dir, manifest, split, lanes, settings)
         corpora[name] = {**summarise(sums[name]), "path": str(shard_dir), "split": split}
         corpora[name]["documents"] = manifest["splits"][split]["documents"]
         corpora[name]["manifest_sha256"] = _sha256(shard_dir / MANIFEST_NAME)
@@ -110,21 +110,14 @@ def checked_corpus(loaded: EvalModel, shard_dir: Path, split: str) -> dict:
     return manifest
 
 
-def corpus_sums(loaded: EvalModel, shard_dir: Path, split: str, lanes: int, settings: EvalSection) -> torch.Tensor:
-    """`evaluation_sums` of one corpus's split: the run's noise and seed, `lanes` lanes in one process."""
-    tokenizer = load_tokenizer(shard_dir)
-    special = special_ids(tokenizer)
-    denoiser = BartDenoiser(
-        DenoisingConfig(**(loaded.record.get("noise") or {})),
-        token_tables(tokenizer),
-        mask_id=special["mask"],
-        bos_id=special["bos"],
-        eos_id=special["eos"],
-        pad_id=special["pad"],
-        vocab_size=len(tokenizer),
-        seed=_seed(loaded),
+def corpus_sums(
+    loaded: EvalModel, shard_dir: Path, manifest: dict, split: str, lanes: int, settings: EvalSection
+) -> torch.Tensor:
+    """`evaluation_sums` of one corpus's split (`manifest`: its checked manifest): the run's noise and seed,
+    `lanes` lanes in one process."""
+    denoiser = BartDenoiser.for_tokenizer(
+        DenoisingConfig(**(loaded.record.get("noise") or {})), load_tokenizer(shard_dir), seed=_seed(loaded)
     )
-    manifest = read_manifest(shard_dir)
     stream = SegmentStreamLoader(
         shard_dir, split, lanes=lanes, segment_length=manifest["segment_length"], seed=_seed(loaded), epochs=1,
         transform=denoiser.collate,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from memformers.data import SegmentStreamLoader, check_mixable, load_tokenizer, read_manifest, special_ids
-from memformers.noising import BartDenoiser, DenoisingConfig, token_tables
+from memformers.noising import BartDenoiser, DenoisingConfig
 
 from .config import DataSection, DataSource
 from .distributed import Runtime
@@ -39,16 +39,7 @@ class Corpus:
             check_mixable([(s.name, Path(s.path), m) for s, m in zip(sources, manifests)])
         tokenizer = load_tokenizer(sources[0].path)
         special = special_ids(tokenizer)
-        denoiser = BartDenoiser(
-            noise,
-            token_tables(tokenizer),
-            mask_id=special["mask"],
-            bos_id=special["bos"],
-            eos_id=special["eos"],
-            pad_id=special["pad"],
-            vocab_size=len(tokenizer),
-            seed=seed,
-        )
+        denoiser = BartDenoiser.for_tokenizer(noise, tokenizer, seed=seed)
         return cls(data, runtime, seed, sources, manifests, tokenizer, special, denoiser)
 
     @property
