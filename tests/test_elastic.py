@@ -1,8 +1,8 @@
 """Elastic resume end to end: a run checkpointed on one shape (ranks x lanes) resumes on another, with real DeepSpeed
 (CPU, gloo, fp32), the tiny model and real shards.
 
-Same global lane count (2x2 -> 1x4, 1x4 -> 2x2, ZeRO-2): the losses after the resume are the uninterrupted run's,
-within float summation order (ZeRO-3: the first step exact, then DeepSpeed's universal load drifts). Fewer global
+Same global lane count (2x2 -> 1x4 with ZeRO-2 and ZeRO-3, 1x4 -> 2x2): the losses after the resume are the
+uninterrupted run's, within float summation order. Fewer global
 lanes (2x2 -> 1x2): the documents in flight wait with their memory parked and continue when a lane frees; the run
 finishes. The stream's exactly-once guarantee under every change of shape is tested on the schedule and the loader
 (tests/test_data_loader.py).
@@ -93,18 +93,12 @@ def test_zero2_same_global_lanes_on_one_rank_is_exact(tiny_shards, ds_configs, t
     assert_same_losses(losses(tmp_path / "run"), losses(two_by_two[2]))
 
 
-def test_zero3_same_global_lanes_on_one_rank_restores_weights_exactly(tiny_shards, ds_configs, two_by_two, tmp_path):
-    """ZeRO-3 re-partitioned through DeepSpeed's universal checkpoint: the first step after the resume (the
-    restored weights, the data, the memory) is exact; the optimizer's later updates drift by ~4e-4 relative by
-    step 6, and so does a universal round trip on the *same* 2 ranks (measured with DeepSpeed 0.19.8): the
-    deviation is in DeepSpeed's ZeRO-3 universal load, not in the re-spread."""
+def test_zero3_same_global_lanes_on_one_rank_is_exact(tiny_shards, ds_configs, two_by_two, tmp_path):
+    """ZeRO-3 re-partitioned through DeepSpeed's universal checkpoint, with the load's two repairs
+    (checkpoint._universal_load_repaired: per-group hyperparameters, one Adam step count per sub-group)."""
     text = resume_on_one_rank(two_by_two[3], tiny_shards, ds_configs[3], tmp_path / "run")
     assert "2 ranks x 2 lanes -> 1 rank x 4 lanes (4 -> 4 global lanes: exact)" in text
-    resumed, reference = losses(tmp_path / "run"), losses(two_by_two[3])
-    assert sorted(resumed) == list(range(1, 7))
-    assert resumed[4] == pytest.approx(reference[4], rel=1e-5, abs=0)
-    for step in (5, 6):
-        assert resumed[step] == pytest.approx(reference[step], rel=1e-3, abs=0), (step, resumed, reference)
+    assert_same_losses(losses(tmp_path / "run"), losses(two_by_two[3]))
 
 
 def test_one_rank_to_two_is_exact(tiny_shards, ds_configs, tmp_path):

@@ -1,8 +1,11 @@
 """Stream each corpus's split through an `EvalModel` as training evaluates, and write eval.json / eval.png.
 
-Each corpus is read with the run's global lane count (or `lanes`), its noise and seed, and scored with and
-without memory by `memformers.training.evaluation` (the code the trainer's evaluation runs), so on the same
-checkpoint and corpus the figures are the run's own. The overall figures pool the tokens of every corpus.
+Each corpus is read as the run read it — its ranks × lanes, noise and seed — and scored with and without memory by
+`memformers.training.evaluation` (the code the trainer's evaluation runs), so on the same checkpoint and corpus the
+figures are the run's own. The run's ranks are streamed one after the other in this one process, each rank's lanes
+as one batch: a batch's width is its longest segment, and in bf16 a lane's loss depends on the width it is padded
+to (measured: 1e-3 relative on one lane), so batching the run's lanes otherwise would not reproduce its figures.
+`lanes` instead streams that many lanes as one rank. The overall figures pool the tokens of every corpus.
 """
 
 from __future__ import annotations
@@ -38,18 +41,19 @@ def evaluate_corpora(
 ) -> dict[str, Any]:
     """eval.json's content: the overall figures, `corpora` (each corpus's figures and identity), the `_by_source`
     figures as training logs them, and the model, data and settings used. `max_batches`: "run" (the run's
-    eval.max_batches), None (the whole split) or a number; `lanes` defaults to the run's global lanes."""
+    eval.max_batches), None (the whole split) or a number; `lanes`: that many lanes on one rank instead of the
+    run's ranks × lanes."""
     run_eval = loaded.record.get("eval") or {}
     settings = EvalSection(
         max_batches=run_eval.get("max_batches") if max_batches == "run" else max_batches,
         positions=positions or run_eval.get("positions") or EvalSection.positions,
     )
-    lanes = lanes or loaded.global_lanes or 1
+    ranks, lanes_per_rank = (1, lanes) if lanes else (loaded.layout or (1, 1))
     names = corpus_names([Path(d) for d in shard_dirs])
     sums, corpora = {}, {}
     for name, shard_dir in zip(names, map(Path, shard_dirs)):
         manifest = checked_corpus(loaded, shard_dir, split)
-        sums[name] = corpus_sums(loaded, shard_dir, manifest, split, lanes, settings)
+        sums[name] = corpus_sums(loaded, shard_dir, manifest, split, (ranks, lanes_per_rank), settings)
         corpora[name] = {**summarise(sums[name]), "path": str(shard_dir), "split": split}
         corpora[name]["documents"] = manifest["splits"][split]["documents"]
         corpora[name]["manifest_sha256"] = _sha256(shard_dir / MANIFEST_NAME)
@@ -58,7 +62,8 @@ def evaluate_corpora(
         "corpora": corpora,
         "model": loaded.identity,
         "settings": {
-            "lanes": lanes,
+            "lanes": ranks * lanes_per_rank,
+            "layout": {"ranks": ranks, "lanes_per_rank": lanes_per_rank},
             "seed": _seed(loaded),
             "split": split,
             "max_batches": settings.max_batches,
@@ -111,27 +116,31 @@ def checked_corpus(loaded: EvalModel, shard_dir: Path, split: str) -> dict:
 
 
 def corpus_sums(
-    loaded: EvalModel, shard_dir: Path, manifest: dict, split: str, lanes: int, settings: EvalSection
+    loaded: EvalModel, shard_dir: Path, manifest: dict, split: str, layout: tuple[int, int], settings: EvalSection
 ) -> torch.Tensor:
-    """`evaluation_sums` of one corpus's split (`manifest`: its checked manifest): the run's noise and seed,
-    `lanes` lanes in one process."""
+    """`evaluation_sums` of one corpus's split (`manifest`: its checked manifest) with the run's noise and seed,
+    `layout` = (ranks, lanes per rank): each rank's lanes streamed in turn, their sums added up."""
     denoiser = BartDenoiser.for_tokenizer(
         DenoisingConfig(**(loaded.record.get("noise") or {})), load_tokenizer(shard_dir), seed=_seed(loaded)
     )
-    stream = SegmentStreamLoader(
-        shard_dir, split, lanes=lanes, segment_length=manifest["segment_length"], seed=_seed(loaded), epochs=1,
-        transform=denoiser.collate,
-    )  # fmt: skip
     model, config = loaded.model, loaded.config
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    return evaluation_sums(
-        model,
-        (to_device(batch, device) for batch in stream),
-        settings,
-        memory=model.construct_memory(lanes).to(device, dtype),
-        pad_id=config.pad_token_id,
-        decoder_start_id=config.decoder_start_token_id,
-    ).cpu()
+    ranks, lanes = layout
+    total = torch.zeros(3, settings.positions, dtype=torch.float64)
+    for rank in range(ranks):
+        stream = SegmentStreamLoader(
+            shard_dir, split, rank=rank, world_size=ranks, lanes=lanes, segment_length=manifest["segment_length"],
+            seed=_seed(loaded), epochs=1, transform=denoiser.collate,
+        )  # fmt: skip
+        total += evaluation_sums(
+            model,
+            (to_device(batch, device) for batch in stream),
+            settings,
+            memory=model.construct_memory(lanes).to(device, dtype),
+            pad_id=config.pad_token_id,
+            decoder_start_id=config.decoder_start_token_id,
+        ).cpu()
+    return total
 
 
 def write_results(result: dict, out_dir: Path) -> tuple[Path, Path]:

@@ -41,10 +41,15 @@ class EvalModel:
         return self.model.config
 
     @property
-    def global_lanes(self) -> int | None:
-        """The run's lanes over all ranks (what its evaluation streamed the val split with)."""
+    def layout(self) -> tuple[int, int] | None:
+        """(ranks, lanes per rank) of the run, what its evaluation streamed the val split with (None if unknown)."""
         lanes, world_size = self.record.get("lanes"), self.record.get("world_size")
-        return int(lanes) * int(world_size or 1) if lanes else None
+        return (int(world_size or 1), int(lanes)) if lanes else None
+
+    @property
+    def global_lanes(self) -> int | None:
+        """The run's lanes over all ranks."""
+        return self.layout[0] * self.layout[1] if self.layout else None
 
 
 def load_eval_model(spec: str, *, device: torch.device | None = None, precision: str = "auto") -> EvalModel:
