@@ -6,7 +6,9 @@
 Each rank streams `data.lanes` documents side by side, one per lane, segment after segment; every lane has a memory
 that is reset when its document starts. A rollout runs `train.time_horizon` segments with gradients through the
 memory; `train.rollouts_per_step` rollouts make an optimizer step. An existing `run_dir` resumes from its latest
-checkpoint, exactly. SIGTERM/SIGUSR1: finish the step, checkpoint, exit 75 (Slurm requeues on that code).
+intact checkpoint, exactly. SIGTERM/SIGUSR1: finish the step, checkpoint, exit 75 (Slurm requeues on that code).
+Exit codes: 0 done, 2 a config/corpus/checkpoint that does not fit (one line says what), 3 too many skipped steps,
+4 other ranks stalled or died, 5 too many damaged documents, 75 preempted (memformers/training/signals.py).
 """
 
 from __future__ import annotations
@@ -14,18 +16,29 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from memformers.training.checkpoint import Checkpointer, CheckpointError
-from memformers.training.config import ConfigError, load_config
+from memformers.training.checkpoint import Checkpointer
+from memformers.training.config import PretrainConfig, load_config
 from memformers.training.corpus import Corpus
-from memformers.training.distributed import init_runtime, seed_everything
+from memformers.training.distributed import PeerFailure, Runtime, init_runtime, peer_failure, seed_everything
 from memformers.training.engine import build_engine, build_model, initial_memory, parameter_count
 from memformers.training.evaluation import Evaluator
 from memformers.training.metrics import MetricsLogger
-from memformers.training.signals import EXIT_CONFIG_ERROR, EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED, StopRequest
+from memformers.training.signals import (
+    EXIT_CONFIG_ERROR,
+    EXIT_DAMAGED_DATA,
+    EXIT_NONFINITE,
+    EXIT_OK,
+    EXIT_PEER_FAILURE,
+    EXIT_PREEMPTED,
+    USER_ERRORS,
+    StopRequest,
+    report,
+)
 from memformers.training.state import TrainState
-from memformers.training.step import NonFiniteGuard, StepSpec, train_step
+from memformers.training.step import DamagedDataGuard, LossSpikes, NonFiniteGuard, StepSpec, train_step
 
 # DeepSpeed calls a torch collective that torch deprecates, once per step: keep the progress bar readable
 warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
@@ -39,46 +52,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def start_logging(
-    cfg, runtime, state: TrainState, resume_tag: str | None, segment_length: int, parameters: int
-) -> MetricsLogger:
-    """Rank 0's metrics.jsonl, progress bar and wandb run (resumed with the state's wandb id), and the start line."""
-    logger = MetricsLogger(
-        Path(cfg.run_dir),
-        cfg.logging,
-        enabled=runtime.is_main,
-        start_step=state.step,
-        max_steps=cfg.train.max_steps,
-        wandb_id=state.wandb_id,
-        config=cfg.to_dict(),
-    )
-    state.wandb_id = logger.wandb_id  # a fresh wandb run's new id
-    logger.write(
-        f"{'resumed from ' + resume_tag if resume_tag else 'starting'} at step {state.step}: "
-        f"{runtime.world_size} ranks x {cfg.data.lanes} lanes, segment length {segment_length}, "
-        f"{parameters:,} parameters"
-    )
-    sources = cfg.data.corpora()
-    if len(sources) > 1:
-        total = sum(s.weight for s in sources)
-        logger.write("mixing " + ", ".join(f"{s.name} ({s.weight / total:.0%} of tokens)" for s in sources))
-    return logger
+@dataclass
+class Run:
+    """Everything a started run holds: built, checked and, for an existing run_dir, resumed."""
+
+    cfg: PretrainConfig
+    runtime: Runtime
+    corpus: Corpus
+    engine: object
+    loader: object
+    checkpointer: Checkpointer
+    state: TrainState
+    logger: MetricsLogger
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    stop = StopRequest()  # before start-up: a preemption notice can arrive while the model loads
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-
-    # --- runtime, data, model, engine ----------------------------------------------------------------------------
-    runtime = init_runtime()
+def start(args: argparse.Namespace) -> Run:
+    """Config → runtime → corpus → model → engine → state (fresh, or resumed from the latest intact checkpoint on
+    this run's shape) → logging. Every mistake a user can make raises one of USER_ERRORS before RUN_DIR exists."""
+    cfg = load_config(args.config, args.overrides)
+    runtime = init_runtime(cfg.train.collective_timeout_s)
     seed_everything(cfg.seed)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     corpus = Corpus.open(cfg.data, cfg.noise, seed=cfg.seed, runtime=runtime)
     model = build_model(
         cfg, tokenizer_size=len(corpus.tokenizer), special_ids=corpus.special, segment_length=corpus.segment_length
@@ -87,62 +81,99 @@ def main(argv: list[str] | None = None) -> int:
     layout = checkpointer.resume_layout()  # None: a fresh run
     engine = build_engine(model, cfg, runtime, load_universal=layout is not None and layout.universal)
     loader = corpus.stream("train", cfg.train.epochs)
-
-    # --- state: fresh, or resumed from RUN_DIR/checkpoints/latest, on this run's shape ---------------------------
     state = TrainState(memory=initial_memory(engine, cfg.data.lanes, runtime.device))
-    try:
-        notes = state.load(checkpointer, layout, engine, loader) if layout else []
-    except CheckpointError as error:
-        print(f"resume error: {error}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    notes = [*layout.notes, *state.load(checkpointer, layout, engine, loader)] if layout else []
+
+    run_dir.mkdir(parents=True, exist_ok=True)  # only now: a run that cannot start leaves nothing behind
     if runtime.is_main:
         (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    resume_tag = layout.tag if layout else None
-    logger = start_logging(cfg, runtime, state, resume_tag, corpus.segment_length, parameter_count(model))
+    logger = MetricsLogger(
+        run_dir, cfg.logging, enabled=runtime.is_main, start_step=state.step, max_steps=cfg.train.max_steps,
+        wandb_id=state.wandb_id, config=cfg.to_dict(),
+    )  # fmt: skip
+    state.wandb_id = logger.wandb_id  # a fresh wandb run's new id
+    logger.write(
+        f"{'resumed from ' + layout.tag if layout else 'starting'} at step {state.step}: {runtime.world_size} ranks x "
+        f"{cfg.data.lanes} lanes, segment length {corpus.segment_length}, {parameter_count(model):,} parameters"
+    )
+    sources = cfg.data.corpora()
+    if len(sources) > 1:
+        total = sum(s.weight for s in sources)
+        logger.write("mixing " + ", ".join(f"{s.name} ({s.weight / total:.0%} of tokens)" for s in sources))
     for note in notes:
         logger.write(note)
-    if state.step >= cfg.train.max_steps:  # only a resumed run starts there
-        logger.write(f"nothing to do: {resume_tag} already reached train.max_steps={cfg.train.max_steps}")
-        logger.close()
-        return EXIT_OK
+    return Run(cfg, runtime, corpus, engine, loader, checkpointer, state, logger)
 
-    # --- the loop ------------------------------------------------------------------------------------------------
-    spec = StepSpec.of(cfg.train, engine, runtime, peak=cfg.logging.peak_tflops, sources=tuple(corpus.names))
-    evaluator = Evaluator(engine, corpus, cfg.eval)
+
+def train(run: Run, stop: StopRequest) -> int:
+    """The loop: optimizer steps until train.max_steps (or the data ends), evaluating and checkpointing on the way;
+    returns the exit code. Collective: a failed collective raises (main tells whether other ranks stopped answering)."""
+    cfg, engine, loader, state, logger = run.cfg, run.engine, run.loader, run.state, run.logger
+    spec = StepSpec.of(cfg.train, engine, run.runtime, peak=cfg.logging.peak_tflops, sources=tuple(run.corpus.names))
+    factor, window = cfg.train.loss_spike_factor, cfg.train.loss_spike_window
+    spikes = LossSpikes(factor, window, state.loss_history) if factor else None
+    evaluator = Evaluator(engine, run.corpus, cfg.eval)
     nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+    damaged = DamagedDataGuard(cfg.data.max_bad_documents, state)
     batches, exit_code = iter(loader), EXIT_OK
     engine.train()
     while state.step < cfg.train.max_steps:
-        record = train_step(engine, batches, state, spec)
+        record = train_step(engine, batches, state, spec, spikes)
         if record is None:
             logger.write(f"training data exhausted after {cfg.train.epochs} epoch(s) at step {state.step}")
             break
-        record["passes_by_source"] = dict(zip(corpus.names, loader.passes_done()))
+        record["passes_by_source"] = dict(zip(run.corpus.names, loader.passes_done()))
         logger.log(record)
         logger.progress(state.step, record)
         if nonfinite.tripped(record, logger):
             exit_code = EXIT_NONFINITE
             break
+        if damaged.tripped(record, logger):
+            state.save(run.checkpointer, engine, loader, cfg)
+            exit_code = EXIT_DAMAGED_DATA
+            break
         if state.step >= cfg.train.max_steps:  # the last step: evaluated and checkpointed below, signal or not
             break
         if evaluator.due(state.step):
             state.last_eval = evaluator.run(state.step, logger)
-        if stop.agreed(runtime.device):
-            state.save(checkpointer, engine, loader, cfg)
+        if stop.agreed(run.runtime.device):
+            state.save(run.checkpointer, engine, loader, cfg)
             logger.write(f"stop signal: checkpointed step {state.step}, exiting with {EXIT_PREEMPTED} to be requeued")
             exit_code = EXIT_PREEMPTED
             break
         if state.step % cfg.checkpoint.every_steps == 0:
-            state.save(checkpointer, engine, loader, cfg)
+            state.save(run.checkpointer, engine, loader, cfg)
 
     # --- finish: evaluate and checkpoint the last step (not after a stop) ---------------------------------------
     if exit_code == EXIT_OK:
         if evaluator.enabled and state.last_eval.get("step") != state.step:
             state.last_eval = evaluator.run(state.step, logger)
-        state.save(checkpointer, engine, loader, cfg)
+        state.save(run.checkpointer, engine, loader, cfg)
         logger.write(f"done: step {state.step}, {state.tokens:,} tokens")
-    logger.close()
     return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    stop = StopRequest()  # before start-up: a preemption notice can arrive while the model loads
+    try:
+        run = start(args)
+    except USER_ERRORS as error:  # a config, corpus or checkpoint that does not fit: say which, and what to do
+        return report(error, EXIT_CONFIG_ERROR)
+    try:
+        if run.state.step >= run.cfg.train.max_steps:  # only a resumed run starts there
+            run.logger.write(f"nothing to do: step {run.state.step} already reached train.max_steps")
+            return EXIT_OK
+        return train(run, stop)
+    except RuntimeError as error:  # a collective that failed: because other ranks stalled or died?
+        failure = error if isinstance(error, PeerFailure) else peer_failure(error, run.runtime.collective_timeout_s)
+        if failure is None:
+            raise
+        return report(failure, EXIT_PEER_FAILURE)
+    except USER_ERRORS as error:
+        return report(error, EXIT_CONFIG_ERROR)
+    finally:
+        run.logger.close()
 
 
 if __name__ == "__main__":

@@ -63,6 +63,9 @@ class DataSection:
     """Document streams per rank: the micro batch. Each lane carries its own memory."""
     prefetch: int = 8
     """Batches prepared ahead in the loader's background thread."""
+    max_bad_documents: int = 10
+    """Documents that fail their checksum (a damaged shard) are skipped, logged and counted; one more than this
+    many stops the run (0: the first one does)."""
 
     def corpora(self) -> list[DataSource]:
         """The sources trained on, names resolved: `sources`, or `path` as one source of weight 1."""
@@ -97,7 +100,16 @@ class TrainSection:
     """Stop after this many passes over the training split (None: cycle until max_steps). With `data.sources`:
     when the first source would start its pass number epochs + 1."""
     max_nonfinite_steps: int = 5
-    """Stop the run after this many consecutive skipped (non-finite) steps."""
+    """Stop the run after this many consecutive skipped steps (non-finite, or loss spikes)."""
+    loss_spike_factor: float | None = None
+    """Skip the update of a rollout whose loss exceeds this factor times the median of the last
+    `loss_spike_window` rollouts' (counted with the non-finite steps). None: off. One host synchronisation per
+    rollout."""
+    loss_spike_window: int = 100
+    """Rollouts whose median loss is the spike check's reference; the check starts once that many are known."""
+    collective_timeout_s: float | None = None
+    """Bound on every collective: when a rank stalls or dies, the others exit (code 4) after this long instead of
+    hanging. None: 1800 s on GPUs, 600 s on the CPU."""
 
 
 @dataclass
@@ -162,7 +174,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> PretrainC
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _parse_yaml(path.read_text(), f"config file {path}", at_line=True) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
     for override in overrides:
@@ -175,10 +187,22 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> PretrainC
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {override!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(value) if value != "" else None
+        node[leaf] = _parse_yaml(value, f"override {override!r}") if value != "" else None
     config = _build(PretrainConfig, raw, "")
     _check_values(config)
     return config
+
+
+def _parse_yaml(text: str, where: str, at_line: bool = False) -> Any:
+    """YAML, or a ConfigError that names `where` (and, `at_line`, the line and column of the mistake)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None) if at_line else None
+        at = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
+        what = f"{where}{at}: not valid YAML" if at_line else f"{where}: its value is not valid YAML"
+        raise ConfigError(f"{what} ({problem}); fix it and start again") from None
 
 
 def _build(cls: type, raw: Any, where: str):
@@ -241,6 +265,10 @@ def _check_values(cfg: PretrainConfig) -> None:
             raise ConfigError(message)
 
     need(bool(cfg.run_dir), "run_dir is required: the directory for this run's checkpoints and metrics")
+    need(
+        not Path(cfg.run_dir).exists() or Path(cfg.run_dir).is_dir(),
+        f"run_dir={cfg.run_dir} exists and is not a directory: choose another run_dir",
+    )
     _check_data(cfg.data)
     need(cfg.data.lanes >= 1, f"data.lanes must be >= 1 (got {cfg.data.lanes})")
     need(cfg.train.max_steps >= 1, f"train.max_steps must be >= 1 (got {cfg.train.max_steps})")
@@ -250,6 +278,13 @@ def _check_values(cfg: PretrainConfig) -> None:
     need(0 <= cfg.train.min_lr_ratio <= 1, f"train.min_lr_ratio must be in [0, 1] (got {cfg.train.min_lr_ratio})")
     need(cfg.train.warmup_steps >= 0, "train.warmup_steps must be >= 0")
     need(len(cfg.train.betas) == 2, f"train.betas must be two numbers (got {cfg.train.betas})")
+    need(cfg.train.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1")
+    spike = cfg.train.loss_spike_factor
+    need(spike is None or spike > 1, f"train.loss_spike_factor must be > 1 or null (got {spike})")
+    need(cfg.train.loss_spike_window >= 1, "train.loss_spike_window must be >= 1")
+    timeout = cfg.train.collective_timeout_s
+    need(timeout is None or timeout > 0, f"train.collective_timeout_s must be > 0 or null (got {timeout})")
+    need(cfg.data.max_bad_documents >= 0, "data.max_bad_documents must be >= 0")
     need(cfg.checkpoint.every_steps >= 1, "checkpoint.every_steps must be >= 1")
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1 (the newest checkpoint is what a resume needs)")
     need(cfg.eval.every_steps >= 0, "eval.every_steps must be >= 0 (0: evaluate only at the end)")

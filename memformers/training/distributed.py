@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+# How long a collective may wait for the other ranks (train.collective_timeout_s when it is not set): on GPUs what
+# torch uses for NCCL; on the CPU less, as there is nothing as slow as a GPU compile or a large checkpoint there.
+DEFAULT_COLLECTIVE_TIMEOUT_S_CPU = 600.0
+DEFAULT_COLLECTIVE_TIMEOUT_S = {"cuda": 1800.0, "cpu": DEFAULT_COLLECTIVE_TIMEOUT_S_CPU}
 
 
 @dataclass(frozen=True)
@@ -22,6 +29,8 @@ class Runtime:
     local_rank: int
     world_size: int
     device: torch.device
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S_CPU
+    """How long a collective waits for the other ranks before it fails."""
 
     @property
     def is_main(self) -> bool:
@@ -39,8 +48,10 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
-def init_runtime() -> Runtime:
-    """Join the process group (a group of one for plain `python`) and pick this rank's device."""
+def init_runtime(collective_timeout_s: float | None = None) -> Runtime:
+    """Join the process group (a group of one for plain `python`) and pick this rank's device. Every collective
+    of the group (DeepSpeed's too) gives up after `collective_timeout_s` (None: DEFAULT_COLLECTIVE_TIMEOUT_S):
+    on gloo it raises (see `peer_failure`), on NCCL torch's watchdog ends the process."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -54,9 +65,61 @@ def init_runtime() -> Runtime:
     accelerator = get_accelerator()
     if accelerator.device_name() != "cpu":
         accelerator.set_device(local_rank)
+    kind = "cpu" if accelerator.device_name() == "cpu" else "cuda"
+    timeout_s = collective_timeout_s or DEFAULT_COLLECTIVE_TIMEOUT_S[kind]
+    timeout = timedelta(seconds=timeout_s)
+    # DeepSpeed makes its data-parallel groups with `new_group(ranks)`, which takes torch's default timeout (gloo 30
+    # min, NCCL 10 min), not the world group's: make the default ours, so that every group's collectives are bound
+    dist.distributed_c10d.default_pg_timeout = timeout
+    dist.distributed_c10d.default_pg_nccl_timeout = timeout
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False)
-    return Runtime(rank, local_rank, world_size, torch.device(accelerator.device_name(local_rank)))
+        deepspeed.init_distributed(
+            dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False, timeout=timeout
+        )
+        global _HEALTH_GROUP  # gloo beside NCCL too: monitored_barrier, to name the ranks that stopped answering
+        health_timeout = timedelta(seconds=_health_wait_s(timeout_s))
+        _HEALTH_GROUP = dist.new_group(backend="gloo", timeout=health_timeout) if world_size > 1 else None
+    return Runtime(rank, local_rank, world_size, torch.device(accelerator.device_name(local_rank)), timeout_s)
+
+
+_HEALTH_GROUP = None
+
+
+def _health_wait_s(timeout_s: float) -> float:
+    """How long the health barrier waits for the ranks: a tenth of the collective timeout, within 5 to 30 s."""
+    return min(30.0, max(5.0, 0.1 * timeout_s))
+
+
+class PeerFailure(RuntimeError):
+    """A collective failed because other ranks stopped answering (stalled, or died); the message says which
+    ranks where that is known."""
+
+
+def peer_failure(error: BaseException, timeout_s: float) -> PeerFailure | None:
+    """After `error` was raised on this rank, whether other ranks have stopped answering: a barrier that names the
+    ranks that do not reach it within a few seconds (rank 0 learns which; the others, that some did not). Returns
+    the PeerFailure to report, or None when every rank answers (`error` is then not a peer's failure)."""
+    if _HEALTH_GROUP is None:
+        return None
+    try:
+        wait = timedelta(seconds=_health_wait_s(timeout_s))
+        dist.monitored_barrier(group=_HEALTH_GROUP, timeout=wait, wait_all_ranks=True)
+        return None
+    except RuntimeError as barrier_error:
+        listed = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(barrier_error))
+        if listed:
+            who = f"rank(s) {listed[1].strip()} did not answer (stalled or dead)"
+        elif "from rank 0" in str(barrier_error):  # what the other ranks see when rank 0 is gone
+            who = "rank 0 did not answer (stalled or dead)"
+        elif dist.get_rank() == 0:
+            who = "a rank's connection closed (it died)"
+        else:
+            who = "some ranks did not answer (rank 0's log names them)"
+        kind = "timed out" if "timed out" in str(error).lower() else "failed"
+        return PeerFailure(
+            f"a collective {kind} on rank {dist.get_rank()} (train.collective_timeout_s={timeout_s:g}): {who}. "
+            "Check those ranks' logs and nodes; the run resumes from its latest checkpoint when restarted"
+        )
 
 
 def local_device() -> torch.device:
@@ -77,6 +140,24 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's `obj` (picklable), in rank order ([obj] without a process group). Collective."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank (picklable; a no-op without a process group)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def seed_everything(seed: int) -> None:

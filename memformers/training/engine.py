@@ -49,6 +49,15 @@ def build_model(
         )
         model = MemBartForConditionalGeneration(config)
 
+    model_ids = {name: getattr(model.config, f"{name}_token_id") for name in ("pad", "bos", "eos")}
+    mismatched = [f"{name} {i} (the corpus tokenizer's {special_ids[name]})"
+                  for name, i in model_ids.items() if i != special_ids[name]]  # fmt: skip
+    if mismatched:
+        raise ConfigError(
+            f"model.init_from={cfg.model.init_from} has other special token ids than the corpus tokenizer: "
+            f"{', '.join(mismatched)}. Shard the corpus with the model's tokenizer (shard_documents.py --tokenizer "
+            f"{cfg.model.init_from})"
+        )
     if model.config.vocab_size < tokenizer_size:
         raise ConfigError(
             f"the model's vocab_size {model.config.vocab_size} is smaller than the corpus tokenizer's "
@@ -97,6 +106,7 @@ def build_engine(model, cfg: PretrainConfig, runtime: Runtime, *, load_universal
     `load_universal`: the checkpoint to resume is a DeepSpeed universal checkpoint (written for another world
     size and converted, see checkpoint.Checkpointer.prepare): the engine then re-partitions its optimizer states."""
     import deepspeed
+    from pydantic import ValidationError
     from torch.optim.lr_scheduler import LambdaLR
 
     ds_path = Path(cfg.deepspeed)
@@ -106,15 +116,21 @@ def build_engine(model, cfg: PretrainConfig, runtime: Runtime, *, load_universal
         ds_json = json.loads(ds_path.read_text())
     except json.JSONDecodeError as error:
         raise ConfigError(f"{ds_path}: invalid JSON at line {error.lineno}: {error.msg}") from None
+    if not isinstance(ds_json, dict):
+        raise ConfigError(f"{ds_path}: a DeepSpeed config is a JSON object, got {type(ds_json).__name__}")
     ds = deepspeed_config(cfg, ds_json, runtime.world_size, on_cpu=runtime.on_cpu)
     if load_universal:
         ds["checkpoint"] = {**ds.get("checkpoint", {}), "load_universal": True}
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        model_parameters=parameter_groups(model, cfg.train.weight_decay),
-        config=ds,
-        lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda(cfg.train)),
-    )
+    try:
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=parameter_groups(model, cfg.train.weight_decay),
+            config=ds,
+            lr_scheduler=lambda optimizer: LambdaLR(optimizer, lr_lambda(cfg.train)),
+        )
+    except ValidationError as error:  # DeepSpeed's schema: name the key and the reason
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"{ds_path}: DeepSpeed rejects it ({error.title}): {problems}") from None
     return engine
 
 

@@ -8,14 +8,14 @@ per source of a mixture (the overall figures pool the tokens of every source's v
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
 from .batches import to_device
 from .config import EvalSection
 from .corpus import Corpus
-from .distributed import all_reduce
+from .distributed import all_gather_objects, all_reduce
 from .engine import initial_memory
 from .recurrence import segment_forward
 
@@ -98,6 +98,13 @@ def pooled(by_source: dict[str, torch.Tensor]) -> dict:
     return record
 
 
+def noting_damaged(batches: Iterable[dict], damaged: list[dict]) -> Iterator[dict]:
+    """`batches`, with the damaged documents their loader skipped added to `damaged`."""
+    for batch in batches:
+        damaged.extend(batch["bad_documents"])
+        yield batch
+
+
 class Evaluator:
     """The run's evaluations: a fresh pass over each source's val split (sources without one are left out; none
     at all if no source has one), logged to metrics.jsonl with its step and summarised in one line."""
@@ -113,17 +120,22 @@ class Evaluator:
     def run(self, step: int, logger) -> dict:
         """Evaluate the model as it is after `step`; returns the record logged. Collective."""
         device, config = self.corpus.runtime.device, self.engine.module.config
-        by_source = {}
+        by_source, damaged = {}, []  # damaged: the val documents the loaders skipped (their lanes are padding)
         for source in self.corpus.val_sources():
             by_source[self.corpus.names[source]] = evaluation_sums(
                 self.engine,
-                (to_device(b, device) for b in self.corpus.val_stream(source)),
+                (to_device(b, device) for b in noting_damaged(self.corpus.val_stream(source), damaged)),
                 self.cfg,
                 memory=initial_memory(self.engine, self.corpus.data.lanes, device),
                 pad_id=config.pad_token_id,
                 decoder_start_id=config.decoder_start_token_id,
             )
         record = {"step": step, **pooled(by_source)}
+        if all_reduce(torch.tensor([float(len(damaged))], device=device)).item() > 0:
+            found = {bad["description"] for on_rank in all_gather_objects(damaged) for bad in on_rank}
+            record["eval_skipped_documents"] = len(found)
+            for description in sorted(found):
+                logger.write(f"step {step}: evaluation skipped a damaged val document: {description}")
         logger.log(record)
         logger.write(
             f"step {step}: eval loss {record['eval_loss']:.4f}, without memory "

@@ -44,6 +44,10 @@ class TrainState:
     """Documents continued from a parked memory so far, all ranks."""
     tokens_by_source: dict[str, int] = field(default_factory=dict)
     """Target tokens trained on so far by corpus name, all ranks (what a mixture's weights share out)."""
+    bad_documents: dict[str, str] = field(default_factory=dict)
+    """Damaged documents skipped so far, all ranks: "source:document" → what was wrong (shard, key, error)."""
+    loss_history: list[float] = field(default_factory=list)
+    """The last rollouts' losses per target token (all ranks), the loss-spike check's reference."""
 
     def save(self, checkpointer: Checkpointer, engine, loader, config: PretrainConfig) -> str:
         """Checkpoint the engine, this state and `loader`'s position and the RNGs at `step`; `config` is recorded
@@ -62,6 +66,8 @@ class TrainState:
             "lanes": loader.lanes,
             "restored_documents": self.restored,
             "tokens_by_source": self.tokens_by_source,
+            "bad_documents": self.bad_documents,
+            "loss_history": self.loss_history,
             "config": config.to_dict(),
         }
         return checkpointer.save(engine, self.step, rank_state, trainer_state, engine.module.config.to_json_string())
@@ -102,6 +108,8 @@ class TrainState:
         self.wandb_id, self.last_eval = trainer_state.get("wandb_id"), trainer_state.get("last_eval", {})
         self.restored = trainer_state.get("restored_documents", 0)
         self.tokens_by_source = dict(trainer_state.get("tokens_by_source", {}))
+        self.bad_documents = dict(trainer_state.get("bad_documents", {}))
+        self.loss_history = list(trainer_state.get("loss_history", []))
         return [] if loader.resumed_from is None else [elastic_note(layout, runtime, loader.lanes, len(self.parked))]
 
 

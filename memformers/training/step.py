@@ -3,6 +3,8 @@ carried from rollout to rollout and step to step, then the step's record for met
 
 from __future__ import annotations
 
+import math
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ import torch
 
 from .batches import take
 from .config import TrainSection
-from .distributed import Runtime, all_reduce, peak_tflops
+from .distributed import Runtime, all_gather_objects, all_reduce, peak_tflops
 from .engine import flops_per_token
 from .recurrence import loss_weights, run_rollout
 from .state import TrainState, attach_parked
@@ -59,7 +61,9 @@ class StepSpec:
         )
 
 
-def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpec) -> dict | None:
+def train_step(
+    engine, batches: Iterator[dict], state: TrainState, spec: StepSpec, spikes: LossSpikes | None = None
+) -> dict | None:
     """Run one optimizer step, advancing `state` (step, tokens, memory). Returns the step's record, or None when
     the data ran out (train.epochs reached) before the step was complete; then step and tokens are unchanged.
 
@@ -67,10 +71,12 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
     ranks), tokens_per_s, grad_norm (None exactly when the update was skipped: a non-finite loss or gradient), mfu
     (None without a peak), step_time_s, skipped_steps (so far), restored_documents (documents continued from a
     parked memory so far, after an elastic resume on fewer lanes), tokens_by_source (so far, all ranks, by corpus
-    name). Collective: every rank calls it.
+    name), skipped_documents (damaged documents skipped so far, all ranks; `state.bad_documents` says which),
+    loss_spike (the update was skipped as a loss spike, see `LossSpikes`). Collective: every rank calls it.
     """
     started, lr = time.perf_counter(), engine.get_lr()[0]  # the lr this step applies
-    step_loss, step_tokens, restored = 0.0, 0, 0
+    step_loss, step_tokens, restored, spiked = 0.0, 0, 0, False
+    damaged: list[dict] = []  # damaged documents this rank's lanes met (the loader skipped them)
     by_source = torch.zeros(len(spec.sources), dtype=torch.float64, device=spec.device)
     for _ in range(spec.rollouts):
         segments = take(
@@ -79,6 +85,7 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
         if segments is None:
             return None
         restored += sum(batch["restored"] for batch in segments)
+        damaged += [bad for batch in segments for bad in batch.get("bad_documents", ())]
         for batch in segments:
             by_source.index_add_(0, batch["source"].clamp(min=0), target_counts(batch).double())
         # the loss of every segment is normalised by its target tokens over all ranks: the gradient is then the
@@ -95,18 +102,25 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
             target_tokens=target_tokens,
             loss_scale=float(spec.world_size),
         )
+        if spikes is not None and spikes.is_spike(result.loss_sum, result.tokens, spec.device):
+            spiked = True
+        if spiked:  # DeepSpeed skips an update whose gradients are not finite, on every rank: the step's update
+            result.loss = result.loss * float("nan")  # is dropped, weights and optimizer moments untouched
         engine.backward(result.loss)
         engine.step()
         state.memory = result.memory
         step_loss, step_tokens = step_loss + result.loss_sum, step_tokens + result.tokens
     state.step += 1
 
-    counts = torch.tensor([step_loss, step_tokens, restored], dtype=torch.float64, device=spec.device)
+    counts = torch.tensor([step_loss, step_tokens, restored, len(damaged)], dtype=torch.float64, device=spec.device)
     totals = all_reduce(torch.cat([counts, by_source]))  # one collective for every sum of the record
     elapsed = time.perf_counter() - started
     state.tokens += int(totals[1].item())
     state.restored += int(totals[2].item())
-    for name, tokens in zip(spec.sources, totals[3:].tolist()):
+    if totals[3].item() > 0:  # rare: every rank learns which documents were skipped, each counted once
+        for bad in (bad for found in all_gather_objects(damaged) for bad in found):
+            state.bad_documents.setdefault(f"{bad['source']}:{bad['document']}", bad["description"])
+    for name, tokens in zip(spec.sources, totals[4:].tolist()):
         state.tokens_by_source[name] = state.tokens_by_source.get(name, 0) + int(tokens)
     applied = engine.was_step_applied()
     tokens_per_s = totals[1].item() / elapsed
@@ -123,6 +137,8 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
         "skipped_steps": engine.skipped_steps,
         "restored_documents": state.restored,
         "tokens_by_source": dict(state.tokens_by_source),
+        "skipped_documents": len(state.bad_documents),
+        "loss_spike": spiked,
     }
 
 
@@ -131,8 +147,29 @@ def target_counts(batch: dict) -> torch.Tensor:
     return (batch["labels"] != -100).sum(dim=1)
 
 
+class LossSpikes:
+    """train.loss_spike_factor: a rollout whose loss per target token (all ranks) exceeds `factor` × the median of
+    the last `window` rollouts' is a spike, and its step's update is skipped (counted with the non-finite steps).
+    Checked once `window` rollouts are known; spikes and non-finite losses do not enter the history, which lives
+    in the TrainState (checkpointed, so a resume judges as the uninterrupted run would)."""
+
+    def __init__(self, factor: float, window: int, history: list[float]):
+        self.factor, self.window, self.history = factor, window, history
+
+    def is_spike(self, loss_sum: float, tokens: int, device: torch.device) -> bool:
+        """Whether this rollout is a spike (recording it when not). Collective: one host synchronisation."""
+        totals = all_reduce(torch.tensor([loss_sum, tokens], dtype=torch.float64, device=device))
+        loss = totals[0].item() / max(totals[1].item(), 1.0)
+        spike = len(self.history) >= self.window and loss > self.factor * statistics.median(self.history)
+        if not spike and math.isfinite(loss):
+            self.history.append(loss)
+            del self.history[: -self.window]
+        return spike
+
+
 class NonFiniteGuard:
-    """Counts skipped updates in a row; the run stops at `limit` of them (train.max_nonfinite_steps)."""
+    """Counts skipped updates in a row (non-finite, or loss spikes); the run stops at `limit` of them
+    (train.max_nonfinite_steps)."""
 
     def __init__(self, limit: int):
         self.limit = limit
@@ -144,11 +181,36 @@ class NonFiniteGuard:
             self.in_a_row = 0
             return False
         self.in_a_row += 1
-        logger.write(f"step {record['step']}: non-finite loss or gradient, update skipped ({self.in_a_row} in a row)")
+        why = "loss spike (train.loss_spike_factor)" if record.get("loss_spike") else "non-finite loss or gradient"
+        logger.write(f"step {record['step']}: {why}, update skipped ({self.in_a_row} in a row)")
         if self.in_a_row < self.limit:
             return False
         logger.write(
-            f"stopping: {self.in_a_row} consecutive non-finite steps (train.max_nonfinite_steps)."
+            f"stopping: {self.in_a_row} consecutive skipped steps (train.max_nonfinite_steps)."
             " Lower train.lr, raise train.warmup_steps, or check the data."
+        )
+        return True
+
+
+class DamagedDataGuard:
+    """Reports each damaged document the loaders skipped (once) and stops the run when there are more than
+    `limit` (data.max_bad_documents)."""
+
+    def __init__(self, limit: int, state: TrainState):
+        self.limit, self.state = limit, state
+        self.reported = len(state.bad_documents)  # those of a resumed run were reported before
+
+    def tripped(self, record: dict, logger) -> bool:
+        """Report what the step found; True when the run must stop."""
+        found = list(self.state.bad_documents.values())
+        for index, description in enumerate(found[self.reported :], start=self.reported + 1):
+            logger.write(f"step {record['step']}: skipped a damaged document ({index} so far): {description}")
+        new, self.reported = len(found) > self.reported, len(found)
+        if not new or len(found) <= self.limit:  # a resumed run stops again only for documents not known before
+            return False
+        logger.write(
+            f"stopping: {len(found)} damaged documents skipped, more than data.max_bad_documents={self.limit}. "
+            "Check the shards with data_prep/inspect_shards.py and restore them (or re-shard), or raise "
+            "data.max_bad_documents; the run resumes from the checkpoint written now"
         )
         return True

@@ -86,7 +86,9 @@ def read_manifest(shard_dir: str | os.PathLike) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"cannot read {path}: {exc}") from exc
+        raise ManifestError(
+            f"cannot read {path}: {exc}. Restore it, or re-run data_prep/shard_documents.py on the same inputs"
+        ) from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ManifestError(f"{path} is not a {FORMAT} manifest")
     if manifest.get("format_version") not in READABLE_VERSIONS:

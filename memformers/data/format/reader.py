@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ManifestError, ShardError
 from .manifest import INDEX_DTYPE, read_manifest, split_entry
-from .samples import Sample, decode_sample
+from .samples import Sample, decode_sample, parse_sample_key
 
 
 class SplitReader:
@@ -131,6 +131,19 @@ class SplitReader:
                 [where],
             )
         return span
+
+    def key_at(self, doc: int) -> str | None:
+        """The key of document `doc` as its tar header names it, without checking the document (for reporting a
+        damaged one); None where the header is unreadable."""
+        try:
+            f = self._file(int(self.index[doc]["shard"]))
+            f.seek(int(self.index[doc]["offset"]))
+            name = f.read(100).split(b"\0", 1)[0].decode("ascii")
+            key = name.split(".", 1)[0]
+            parse_sample_key(key)
+            return key
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
 
     def read(self, doc: int) -> Sample:
         """Read and decode document `doc` (index order); ShardError naming the shard when it is damaged."""

@@ -14,6 +14,8 @@ Contract (NOTES.md). Each batch is a dict:
     epoch          LongTensor [lanes]     the epoch each lane's document was dealt in (its corpus's epoch in a
                                           mixture; the noise depends on it); padding lanes: the stream's epoch
     source         LongTensor [lanes]     the corpus of each lane's document (0 for one corpus), -1 for padding
+    bad_documents  list[dict]             damaged documents met in this batch (usually none): {"document", "epoch",
+                                          "source", "key" (None if unreadable), "description"}; see below
 
 Which segment each lane emits when is the schedule of schedule.py, over *global* lanes (rank × lanes + lane): per
 epoch the split's documents are visited in a keyed order from (seed, epoch) and dealt to whichever global lane is
@@ -37,7 +39,11 @@ prefetch thread, `prefetch` batches ahead (0: in the calling thread), so the tra
 wait on I/O. Iterating continues from the current position (a loop left early resumes where it
 stopped); once an iteration has run to the end of the last epoch, the next one is a new pass from the
 start, so a loader with `epochs=1` can be iterated once per evaluation. With `epochs=None` it cycles
-epochs forever. Damaged shards raise ShardError naming the shard.
+epochs forever. Shards found missing or of the wrong size when the loader opens raise ShardError naming them; a
+document that fails its checksum (or cannot be read) later is skipped: its lane emits padding for the document's
+segments, as the schedule dealt them, and the batch where it is met lists it in `bad_documents` (each time a
+lane meets it: the consumer counts distinct documents). The schedule does not change, so every rank keeps the
+same batches and a resume skips the same documents.
 """
 
 from __future__ import annotations
@@ -304,13 +310,17 @@ class SegmentStreamLoader:
         restore = np.zeros(lanes, dtype=bool)
         epochs = np.full(lanes, epoch, dtype=np.int64)
         source = np.full(lanes, -1, dtype=np.int64)
+        bad: list[dict[str, Any]] = []
         for lane, slot in enumerate(slots):
             if slot is None:
                 continue
             current = held.get(lane)
             if current is None or current[0] != slot.doc:
-                current = held[lane] = (slot.doc, *self._read(slot.doc))
+                current = held[lane] = (slot.doc, *self._read_or_skip(slot, bad))
             _, sample, source[lane], key = current
+            if sample is None:  # a damaged document: padding where its segments were dealt
+                source[lane] = -1
+                continue
             k = slot.segment
             begin = int(sample.ends[k - 1]) if k else 0
             segments[lane] = sample.ids[begin : int(sample.ends[k])]
@@ -335,7 +345,22 @@ class SegmentStreamLoader:
             "segment_index": torch.from_numpy(seg_index),
             "epoch": torch.from_numpy(epochs),
             "source": torch.from_numpy(source),
+            "bad_documents": bad,
         }
+
+    def _read_or_skip(self, slot: Slot, bad: list[dict[str, Any]]) -> tuple[Sample | None, int, str]:
+        """`_read` of the slot's document; a damaged one gives no sample and is added to `bad`."""
+        try:
+            return self._read(slot.doc)
+        except (DataError, OSError) as error:
+            source, local = self._schedule.source_of(slot.doc) if self.mixture else (0, slot.doc)
+            key = self._readers[source].key_at(local)
+            if key is not None and self.mixture:
+                key = f"{self.names[source]}/{key}"
+            where = f"document {slot.doc}" + (f" (key {key})" if key else "")
+            bad.append({"document": slot.doc, "epoch": slot.epoch, "source": source, "key": key,
+                        "description": f"{where}: {error}"})  # fmt: skip
+            return None, source, ""
 
     def _read(self, doc: int) -> tuple[Sample, int, str]:
         """Document `doc` of the stream: its sample, its corpus and its key (`name/key` in a mixture)."""
