@@ -226,6 +226,8 @@ def test_export_directory_contents(tmp_path_factory, tiny_shards, runs):
     for key in ("eval_loss", "eval_loss_no_memory", "memory_gain"):
         assert f"| {key} | {state['last_eval'][key]:.4f} |" in card, key
     assert "deepspeed: ds_configs/zero2.json" in card and "trust_remote_code=True" in card
+    for text in (card, (out / "pretraining.json").read_text()):  # no path of the machine that exported it
+        assert str(tiny_shards) not in text and str(runs["zero2"]) not in text and f"path: {tiny_shards.name}" in card
 
 
 def test_bf16_export(runs, tmp_path):

@@ -6,6 +6,8 @@ import datetime
 
 from memformers.models.membart import MemBartConfig
 
+from .record import without_machine_paths
+
 EVAL_KEYS = ("eval_loss", "eval_loss_no_memory", "memory_gain", "eval_ppl", "eval_ppl_no_memory", "eval_tokens")
 """Keys of `trainer_state.json["last_eval"]` shown in the model card, in this order."""
 
@@ -51,7 +53,7 @@ def model_card(config: MemBartConfig, trainer_state: dict, tag: str, zero_stage:
     """
     import yaml
 
-    cfg = trainer_state.get("config") or {}
+    cfg = without_machine_paths(trainer_state.get("config") or {})
     rows = training_rows(config, trainer_state, tag, zero_stage, dtype)
     return f"""---
 library_name: transformers
@@ -80,6 +82,8 @@ Exported from `{tag}` of a `memformers` pretraining run on {datetime.date.today(
 
 ## Pretraining config
 
+Paths are given by their last component.
+
 ```yaml
 {yaml.safe_dump(cfg, sort_keys=False).rstrip()}
 ```
@@ -90,7 +94,7 @@ def training_rows(
     config: MemBartConfig, trainer_state: dict, tag: str, zero_stage: int, dtype: str
 ) -> list[tuple[str, object]]:
     """The rows of the card's training table (those the trainer state and config give), as (name, value)."""
-    cfg = trainer_state.get("config") or {}
+    cfg = without_machine_paths(trainer_state.get("config") or {})
     train = cfg.get("train", {})
     rows = [
         ("checkpoint", tag),

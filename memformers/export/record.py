@@ -1,8 +1,8 @@
 """`pretraining.json` in an export: what an evaluation of the export needs to reproduce the run's own.
 
 The noise, seed and evaluation settings of the run, its lane layout and the precision it computed in, the
-checkpoint it came from and the identities of the data it was trained on. `pretrain/evaluate.py` reads it, so
-evaluating an export gives the numbers of evaluating its checkpoint.
+checkpoint it came from and the names of the data it was trained on (no absolute paths: `without_machine_paths`).
+`pretrain/evaluate.py` reads it, so evaluating an export gives the numbers of evaluating its checkpoint.
 """
 
 from __future__ import annotations
@@ -49,9 +49,21 @@ def training_record(trainer_state: dict, tag_dir: Path, zero_stage: int) -> dict
         "eval": config.get("eval"),
         "world_size": trainer_state.get("world_size"),
         "lanes": trainer_state.get("lanes", data.get("lanes")),
-        "data": {"path": data.get("path"), "sources": data.get("sources")},
+        "data": without_machine_paths({"path": data.get("path"), "sources": data.get("sources")}),
         "last_eval": trainer_state.get("last_eval") or {},
     }
+
+
+def without_machine_paths(value):
+    """`value` (a config, a record) with every absolute path cut to its last component (`/scratch/me/data/wiki-512`
+    → `wiki-512`): what an export is shared with says what was trained on, not where it lay on one machine."""
+    if isinstance(value, dict):
+        return {key: without_machine_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_machine_paths(item) for item in value]
+    if isinstance(value, str) and (value.startswith(("/", "~")) or (len(value) > 2 and value[1:3] in (":\\", ":/"))):
+        return Path(value).name
+    return value
 
 
 def write_training_record(out: Path, record: dict) -> None:
