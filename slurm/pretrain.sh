@@ -44,7 +44,10 @@
 #
 # Exit status: 0 training finished; 75 a requeue was wanted but `scontrol requeue` failed (e.g. --no-requeue):
 # resubmit to continue; 2 usage/setup error; otherwise the training step's status (torchrun reports a failed
-# rank as 1).
+# rank as 1: the node logs hold the trainer's own code and its one-line reason, e.g. 2 a config or corpus that
+# does not fit, 4 other ranks stalled or died, 5 too many damaged documents; see README "When something goes
+# wrong"). A stalled or dead rank ends the job within train.collective_timeout_s, not at the time limit: the
+# other ranks' collectives time out and they exit; srun ends the remaining nodes NODE_EXIT_GRACE seconds later.
 #
 # Environment
 #   NPROC_PER_NODE   ranks per node. Default: the GPUs Slurm allocated per node (SLURM_GPUS_ON_NODE /
