@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -288,6 +290,50 @@ def test_preempted_on_two_nodes_resubmitted_on_one_resumes_and_finishes(
     assert f"resumed from step-{int(stopped.group(1)):08d}" in text, where
     assert "elastic resume: 2 ranks x 4 lanes -> 1 rank x 8 lanes (8 -> 8 global lanes: exact)" in text, where
     assert f"done: step {max_steps}" in text and train_steps(run_dir) == list(range(1, max_steps + 1)), where
+
+
+def rank_pid(run_dir: Path, rank: int) -> int:
+    """The process of trainer rank `rank` of the run in `run_dir` (the cluster's nodes are this machine)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if f"run_dir={run_dir}".encode() in cmdline and any(a.endswith(b"pretrain/train.py") for a in cmdline):
+            if f"RANK={rank}".encode() in environ:
+                return int(proc.name)
+    raise AssertionError(f"no process of rank {rank} of {run_dir}")
+
+
+@pytest.mark.distributed
+def test_a_stalled_rank_ends_the_job_within_the_collective_timeout(cluster: SlurmCluster, shards: Path, tmp_path):
+    """Rank 1 (the second node) SIGSTOPped mid-run: rank 0's collective times out, it names rank 1 and exits 4,
+    and the job ends with a failure a minute later instead of at its time limit (2 h)."""
+    run_dir, timeout = tmp_path / "run", 15
+    cmd = ["sbatch", "--parsable", "--no-requeue", "-N", "2", "--partition", cluster.partition, "--gpus-per-node=0",
+           "--time=02:00:00", "-J", "test-stall", "-o", str(tmp_path / "slurm-%j.out"), "slurm/pretrain.sh", TINY,
+           f"run_dir={run_dir}", f"data.path={shards}", "train.max_steps=100000", "checkpoint.every_steps=100000",
+           f"train.collective_timeout_s={timeout}", *TRAIN_ARGS]  # fmt: skip
+    job_id = int(cluster.run(cmd, env=job_env(cluster, NODE_EXIT_GRACE="10"), timeout=60).stdout.split(";")[0])
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not ((run_dir / "metrics.jsonl").is_file() and train_steps(run_dir)):
+            time.sleep(0.3)
+        stalled = rank_pid(run_dir, 1)
+        os.kill(stalled, signal.SIGSTOP)
+        stopped_at = time.time()
+        job = cluster.wait_job(
+            job_id, lambda j: j.get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"), timeout=240
+        )
+        ended_after = time.time() - stopped_at
+    finally:
+        cluster.run(["scancel", str(job_id)], check=False)
+    where = context(cluster, run_dir, tmp_path / f"slurm-{job_id}.out")
+    assert job["JobState"] == "FAILED" and not job["ExitCode"].startswith("0"), (job, where)
+    assert ended_after < timeout + 90, (ended_after, where)  # collective timeout + health barrier + srun's grace
+    text = "\n".join(node_logs(run_dir, job_id, 0).values())
+    assert "a collective timed out on rank 0" in text and "rank(s) 1 did not answer" in text, where
 
 
 # --- slurm/prepare_data.sh ------------------------------------------------------------------------------------------
