@@ -16,15 +16,18 @@ import sys
 import warnings
 from pathlib import Path
 
+from memformers.training.batches import SegmentFeed
 from memformers.training.checkpoint import Checkpointer, CheckpointError
+from memformers.training.compiling import CompileClock
 from memformers.training.config import ConfigError, load_config
 from memformers.training.corpus import Corpus
 from memformers.training.distributed import init_runtime, seed_everything
 from memformers.training.engine import build_engine, build_model, initial_memory, parameter_count
 from memformers.training.evaluation import Evaluator
 from memformers.training.metrics import MetricsLogger
+from memformers.training.profiling import StepProfiler
 from memformers.training.signals import EXIT_CONFIG_ERROR, EXIT_NONFINITE, EXIT_OK, EXIT_PREEMPTED, StopRequest
-from memformers.training.state import TrainState
+from memformers.training.state import TrainState, attach_parked
 from memformers.training.step import NonFiniteGuard, StepSpec, train_step
 
 # DeepSpeed calls a torch collective that torch deprecates, once per step: keep the progress bar readable
@@ -40,9 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def start_logging(
-    cfg, runtime, state: TrainState, resume_tag: str | None, segment_length: int, parameters: int
+    cfg, runtime, state: TrainState, resume_tag: str | None, segment_length: int, parameters: int, notes: list[str]
 ) -> MetricsLogger:
-    """Rank 0's metrics.jsonl, progress bar and wandb run (resumed with the state's wandb id), and the start line."""
+    """Rank 0's config.yaml, metrics.jsonl, progress bar and wandb run (resumed with the state's wandb id), the
+    start line and the resume's `notes`."""
+    if runtime.is_main:
+        (Path(cfg.run_dir) / "config.yaml").write_text(cfg.to_yaml())
     logger = MetricsLogger(
         Path(cfg.run_dir),
         cfg.logging,
@@ -62,6 +68,8 @@ def start_logging(
     if len(sources) > 1:
         total = sum(s.weight for s in sources)
         logger.write("mixing " + ", ".join(f"{s.name} ({s.weight / total:.0%} of tokens)" for s in sources))
+    for note in notes:
+        logger.write(note)
     return logger
 
 
@@ -77,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     # --- runtime, data, model, engine ----------------------------------------------------------------------------
     runtime = init_runtime()
     seed_everything(cfg.seed)
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir := Path(cfg.run_dir)).mkdir(parents=True, exist_ok=True)
     corpus = Corpus.open(cfg.data, cfg.noise, seed=cfg.seed, runtime=runtime)
+    compile_clock = CompileClock(enabled=cfg.model.compile)  # build_model compiles the layers
     model = build_model(
         cfg, tokenizer_size=len(corpus.tokenizer), special_ids=corpus.special, segment_length=corpus.segment_length
     )
@@ -95,12 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"resume error: {error}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    if runtime.is_main:
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
     resume_tag = layout.tag if layout else None
-    logger = start_logging(cfg, runtime, state, resume_tag, corpus.segment_length, parameter_count(model))
-    for note in notes:
-        logger.write(note)
+    logger = start_logging(cfg, runtime, state, resume_tag, corpus.segment_length, parameter_count(model), notes)
     if state.step >= cfg.train.max_steps:  # only a resumed run starts there
         logger.write(f"nothing to do: {resume_tag} already reached train.max_steps={cfg.train.max_steps}")
         logger.close()
@@ -110,16 +114,21 @@ def main(argv: list[str] | None = None) -> int:
     spec = StepSpec.of(cfg.train, engine, runtime, peak=cfg.logging.peak_tflops, sources=tuple(corpus.names))
     evaluator = Evaluator(engine, corpus, cfg.eval)
     nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps)
-    batches, exit_code = iter(loader), EXIT_OK
+    profiler = StepProfiler(cfg.logging.profile_steps, run_dir, runtime, logger)
+    feed = SegmentFeed(iter(loader), runtime.device, prepare=lambda batch: attach_parked(batch, state.parked))
+    exit_code = EXIT_OK
     engine.train()
     while state.step < cfg.train.max_steps:
-        record = train_step(engine, batches, state, spec)
+        with profiler.step(state.step + 1):
+            record = train_step(engine, feed, state, spec, stop_requested=stop.requested)
         if record is None:
             logger.write(f"training data exhausted after {cfg.train.epochs} epoch(s) at step {state.step}")
             break
+        stop_agreed = record.pop("stop_agreed")  # every rank's signal, read with the step's numbers
         record["passes_by_source"] = dict(zip(corpus.names, loader.passes_done()))
         logger.log(record)
         logger.progress(state.step, record)
+        compile_clock.report_once(logger, record["step_time_s"])  # after the step that compiled
         if nonfinite.tripped(record, logger):
             exit_code = EXIT_NONFINITE
             break
@@ -127,13 +136,14 @@ def main(argv: list[str] | None = None) -> int:
             break
         if evaluator.due(state.step):
             state.last_eval = evaluator.run(state.step, logger)
-        if stop.agreed(runtime.device):
+        if stop_agreed:
             state.save(checkpointer, engine, loader, cfg)
             logger.write(f"stop signal: checkpointed step {state.step}, exiting with {EXIT_PREEMPTED} to be requeued")
             exit_code = EXIT_PREEMPTED
             break
         if state.step % cfg.checkpoint.every_steps == 0:
             state.save(checkpointer, engine, loader, cfg)
+    profiler.close()  # a run that ended inside logging.profile_steps
 
     # --- finish: evaluate and checkpoint the last step (not after a stop) ---------------------------------------
     if exit_code == EXIT_OK:

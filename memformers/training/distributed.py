@@ -31,6 +31,12 @@ class Runtime:
     def on_cpu(self) -> bool:
         return self.device.type == "cpu"
 
+    @property
+    def pin_memory(self) -> bool:
+        """Whether the loader pins its batches' host memory: on a GPU, a copy from pinned memory is asynchronous
+        (`non_blocking=True` queues it), from pageable memory the host waits for it."""
+        return self.device.type == "cuda"
+
 
 def _env_int(*names: str, default: int) -> int:
     for name in names:
@@ -109,6 +115,27 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["accelerator"] is not None:
         get_accelerator().set_rng_state(state["accelerator"])
+
+
+def adam_implementation(on_cpu: bool, offloaded: bool) -> dict:
+    """DeepSpeed optimizer params that pick AdamW's implementation for the device.
+
+    CPU: torch's AdamW. GPU: torch's fused AdamW (one kernel per parameter group, like DeepSpeed's FusedAdam, but
+    shipped compiled with torch: DeepSpeed's is built on first use, which needs nvcc and ninja on the compute node
+    and a minute). An optimizer offloaded to the CPU (ZeRO offload): DeepSpeed's own CPU Adam."""
+    if on_cpu:
+        return {"torch_adam": True}
+    if offloaded:
+        return {}
+    return {"torch_adam": True, "fused": True}
+
+
+def profiler_activities(device: torch.device) -> list:
+    """What a torch profiler trace records on `device`: the host's ops, and the GPU's kernels on a GPU."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return activities
 
 
 # Dense bf16 peak per device, for the MFU estimate (from the vendors' data sheets, dense, no sparsity).

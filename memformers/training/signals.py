@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import signal
 
-import torch
-
-from .distributed import all_reduce
-
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2  # the config does not validate; the message names the key
 EXIT_NONFINITE = 3  # train.max_nonfinite_steps skipped updates in a row
@@ -19,7 +15,8 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; run 
 
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 ask the run to stop at the end of the current step."""
+    """SIGTERM / SIGUSR1 ask the run to stop at the end of the current step. `requested` is this rank's: the
+    ranks agree through the step's own reduction (`train_step(stop_requested=...)`), so all stop after one step."""
 
     def __init__(self):
         self.requested = False
@@ -28,7 +25,3 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         self.requested = True
-
-    def agreed(self, device) -> bool:
-        """Whether any rank was signalled (all ranks must stop together, at the same step). Collective."""
-        return bool(all_reduce(torch.tensor([float(self.requested)], device=device), op="max").item())

@@ -4,17 +4,16 @@ carried from rollout to rollout and step to step, then the step's record for met
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from .batches import take
+from .batches import SegmentFeed
 from .config import TrainSection
 from .distributed import Runtime, all_reduce, peak_tflops
 from .engine import flops_per_token
 from .recurrence import loss_weights, run_rollout
-from .state import TrainState, attach_parked
+from .state import TrainState
 
 
 @dataclass(frozen=True)
@@ -59,28 +58,31 @@ class StepSpec:
         )
 
 
-def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpec) -> dict | None:
+def train_step(
+    engine, feed: SegmentFeed, state: TrainState, spec: StepSpec, *, stop_requested: bool = False
+) -> dict | None:
     """Run one optimizer step, advancing `state` (step, tokens, memory). Returns the step's record, or None when
     the data ran out (train.epochs reached) before the step was complete; then step and tokens are unchanged.
 
     The record: step, loss (per target token, all ranks), lr (the one this step applied), tokens (so far, all
     ranks), tokens_per_s, grad_norm (None exactly when the update was skipped: a non-finite loss or gradient), mfu
-    (None without a peak), step_time_s, skipped_steps (so far), restored_documents (documents continued from a
-    parked memory so far, after an elastic resume on fewer lanes), tokens_by_source (so far, all ranks, by corpus
-    name). Collective: every rank calls it.
+    (None without a peak), step_time_s, data_wait_share (the share of the step's time spent blocked on the loader),
+    skipped_steps (so far), restored_documents (documents continued from a parked memory so far, after an elastic
+    resume on fewer lanes), tokens_by_source (so far, all ranks, by corpus name), and stop_agreed: whether any rank
+    was asked to stop (`stop_requested`; all ranks then stop after the same step).
+
+    The step reads values back from the device once, at its end (on a GPU, the one host synchronisation of the
+    step, besides DeepSpeed's own in `engine.step()`): every sum of the record rides one all-reduce and one copy.
+    Collective: every rank calls it.
     """
-    started, lr = time.perf_counter(), engine.get_lr()[0]  # the lr this step applies
-    step_loss, step_tokens, restored = 0.0, 0, 0
-    by_source = torch.zeros(len(spec.sources), dtype=torch.float64, device=spec.device)
+    started, waited, lr = time.perf_counter(), feed.waited, engine.get_lr()[0]  # the lr this step applies
+    # summed over ranks, on the device: loss, target tokens, restored documents, stop requests, tokens by source
+    sums = torch.zeros(_BY_SOURCE + len(spec.sources), dtype=torch.float64, device=spec.device)
+    sums[_STOPS] = float(stop_requested)  # a fill on the device, not a copy from the host
     for _ in range(spec.rollouts):
-        segments = take(
-            batches, spec.time_horizon, spec.device, prepare=lambda b: b.update(restored=attach_parked(b, state.parked))
-        )
+        segments = feed.take(spec.time_horizon)
         if segments is None:
             return None
-        restored += sum(batch["restored"] for batch in segments)
-        for batch in segments:
-            by_source.index_add_(0, batch["source"].clamp(min=0), target_counts(batch).double())
         # the loss of every segment is normalised by its target tokens over all ranks: the gradient is then the
         # same however the lanes are spread over ranks (elastic resume is exact)
         target_tokens = all_reduce(torch.stack([target_counts(batch).sum() for batch in segments]))
@@ -98,32 +100,50 @@ def train_step(engine, batches: Iterator[dict], state: TrainState, spec: StepSpe
         engine.backward(result.loss)
         engine.step()
         state.memory = result.memory
-        step_loss, step_tokens = step_loss + result.loss_sum, step_tokens + result.tokens
+        sums[_LOSS] += result.loss_sum
+        sums[_TOKENS] += result.tokens
+        for batch in segments:
+            sums[_RESTORED] += batch["restore"].sum()  # the lanes that took a parked memory (attach_parked)
+            sums[_BY_SOURCE:].index_add_(0, batch["source"].clamp(min=0), target_counts(batch).double())
     state.step += 1
 
-    counts = torch.tensor([step_loss, step_tokens, restored], dtype=torch.float64, device=spec.device)
-    totals = all_reduce(torch.cat([counts, by_source]))  # one collective for every sum of the record
-    elapsed = time.perf_counter() - started
-    state.tokens += int(totals[1].item())
-    state.restored += int(totals[2].item())
-    for name, tokens in zip(spec.sources, totals[3:].tolist()):
-        state.tokens_by_source[name] = state.tokens_by_source.get(name, 0) + int(tokens)
     applied = engine.was_step_applied()
-    tokens_per_s = totals[1].item() / elapsed
+    norm = _as_device_scalar(engine.get_global_grad_norm() if applied else float("nan"), spec.device)
+    loss, tokens, restored, stops, *by_source, grad_norm = torch.cat([all_reduce(sums), norm]).tolist()
+    elapsed = time.perf_counter() - started
+    state.tokens += int(tokens)
+    state.restored += int(restored)
+    for name, source_tokens in zip(spec.sources, by_source):
+        state.tokens_by_source[name] = state.tokens_by_source.get(name, 0) + int(source_tokens)
+    tokens_per_s = tokens / elapsed
     peak = spec.peak_tflops
     return {
         "step": state.step,
-        "loss": totals[0].item() / max(totals[1].item(), 1.0),
+        "loss": loss / max(tokens, 1.0),
         "lr": lr,
         "tokens": state.tokens,
         "tokens_per_s": tokens_per_s,
-        "grad_norm": float(engine.get_global_grad_norm()) if applied else None,
+        "grad_norm": grad_norm if applied else None,
         "mfu": tokens_per_s * spec.flops_per_token / (spec.world_size * peak * 1e12) if peak else None,
         "step_time_s": elapsed,
+        "data_wait_share": (feed.waited - waited) / elapsed,
         "skipped_steps": engine.skipped_steps,
         "restored_documents": state.restored,
         "tokens_by_source": dict(state.tokens_by_source),
+        "stop_agreed": stops > 0,
     }
+
+
+# the slots of the step's summed values (train_step)
+_LOSS, _TOKENS, _RESTORED, _STOPS, _BY_SOURCE = range(5)
+
+
+def _as_device_scalar(value, device: torch.device) -> torch.Tensor:
+    """`value` (a tensor, as DeepSpeed's gradient norm is on a GPU, or a number) as a float64 `[1]` on `device`,
+    without a copy from the host (a number becomes a fill)."""
+    if torch.is_tensor(value):
+        return value.detach().reshape(1).to(device=device, dtype=torch.float64)
+    return torch.full((1,), float(value), dtype=torch.float64, device=device)
 
 
 def target_counts(batch: dict) -> torch.Tensor:
