@@ -195,7 +195,8 @@ def table(results: dict) -> str:
                      f"{r['lanes']} | {r['tokens_per_s']:,.0f} | {mfu} | {peak} | {r['data_wait_share']:.1%} | "
                      f"{r['step_time_s']:.3f} | {compile_s} |")  # fmt: skip
     lines += ["", "| phase | status | seconds |", "|---|---|---|"]
-    lines += [f"| {p['phase']} | {p['status'].splitlines()[0][:90]} | {p.get('seconds', '')} |" for p in results["phases"]]
+    for p in results["phases"]:
+        lines.append(f"| {p['phase']} | {p['status'].splitlines()[0][:90]} | {p.get('seconds', '')} |")
     return "\n".join(lines)
 
 
@@ -238,7 +239,7 @@ def run_phases(plan: Plan, budget: Budget, work: Path, results: dict) -> None:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dry-run", action="store_true", help="the CPU run of the same code (the default without CUDA)")
+    parser.add_argument("--dry-run", action="store_true", help="the CPU run of the same code (default without CUDA)")
     parser.add_argument("--budget-s", type=float, default=420.0, help="time guard for the whole check (seconds)")
     parser.add_argument("--models", help="comma-separated presets (default: membart-base,membart-large; dry: tiny)")
     parser.add_argument("--output", default=str(REPO / "runs" / "gpu-check"), help="where results.json goes")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import types
 import typing
@@ -125,7 +126,8 @@ class CheckpointSection:
 @dataclass
 class LoggingSection:
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
-    """auto: online if WANDB_API_KEY or WANDB_MODE=online is set, else offline (synced later with `wandb sync`)."""
+    """auto: online if WANDB_API_KEY or WANDB_MODE=online is set, else offline (synced later with `wandb sync`);
+    disabled where wandb is not installed (the `wandb` extra)."""
     wandb_project: str = "memformers"
     wandb_name: str | None = None
     progress_bar: bool = True
@@ -262,6 +264,11 @@ def _check_values(cfg: PretrainConfig) -> None:
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1 (the newest checkpoint is what a resume needs)")
     need(cfg.eval.every_steps >= 0, "eval.every_steps must be >= 0 (0: evaluate only at the end)")
     need(cfg.eval.positions >= 1, "eval.positions must be >= 1")
+    need(
+        cfg.logging.wandb in ("auto", "disabled") or importlib.util.find_spec("wandb") is not None,
+        f"logging.wandb={cfg.logging.wandb} but wandb is not installed: pip install 'memformers[wandb]', or set "
+        "logging.wandb=disabled (metrics.jsonl has every number; auto uses wandb only where it is installed)",
+    )
     profile = cfg.logging.profile_steps
     need(
         profile is None or (len(profile) == 2 and 1 <= profile[0] <= profile[1]),
