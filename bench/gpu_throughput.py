@@ -82,14 +82,17 @@ class Run:
         self.spec = StepSpec.of(cfg.train, self.engine, runtime)
         self.engine.train()
 
-    def close(self) -> None:
+    def close(self) -> float | None:
+        """Free the engine; returns the GiB still allocated on the GPU after it (what a leak would leave)."""
         self.batches.close()  # stops the loader's prefetch thread
         self.clock.close()
         self.engine.destroy()
         del self.engine, self.state, self.feed
         gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        if self.device.type != "cuda":
+            return None
+        torch.cuda.empty_cache()
+        return torch.cuda.memory_allocated(self.device) / 2.0**30
 
 
 def probe_lanes(plan, shards: Path, run_dir: Path, runtime, preset: str, replay: bool) -> dict:
@@ -136,7 +139,7 @@ def _probe_rollout(run: Run, lanes: int, plan) -> int | None:
 def measure(plan, cfg, runtime, preset: str, count_syncs: bool = False) -> dict:
     """`plan.warmup_steps` steps (the compile happens there), then `plan.timed_steps` timed ones: tokens/s and
     MFU (medians of the steps' records: the engine's own figures), peak memory, the loader's share of the time."""
-    run = Run(cfg, runtime, preset)
+    run, result = Run(cfg, runtime, preset), {}
     try:
         started = time.perf_counter()
         for _ in range(plan.warmup_steps):
@@ -147,7 +150,7 @@ def measure(plan, cfg, runtime, preset: str, count_syncs: bool = False) -> dict:
         records = [train_step(run.engine, run.feed, run.state, run.spec) for _ in range(plan.timed_steps)]
         syncs = _count_syncs(run) if count_syncs else None
         peak = torch.cuda.max_memory_allocated(run.device) / 2.0**30 if run.device.type == "cuda" else None
-        result = {
+        result |= {
             "lanes": cfg.data.lanes,
             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
             "mfu": _median_or_none([r["mfu"] for r in records]),
@@ -164,7 +167,7 @@ def measure(plan, cfg, runtime, preset: str, count_syncs: bool = False) -> dict:
             result["host_syncs_per_step"] = syncs
         return result
     finally:
-        run.close()
+        result["memory_left_after_gib"] = run.close()
 
 
 def _count_syncs(run: Run) -> dict:
