@@ -54,7 +54,7 @@ class Plan:
     lanes: int  # where no memory probe is possible (the CPU)
     warmup_steps: int
     timed_steps: int
-    correctness_length: int
+    correctness_length: int  # the correctness batches' width: a training segment's (<s> + segment + </s>)
     documents: int
     budget_s: float
     needs_s: dict = field(default_factory=dict)  # a phase starts only with this much time left
@@ -62,9 +62,9 @@ class Plan:
     @classmethod
     def for_machine(cls, dry_run: bool, budget_s: float, models: list[str] | None) -> Plan:
         if dry_run:
-            return cls(True, models or ["tiny"], 64, 2, "ds_configs/zero2_fp32.json", 2, 1, 2, 32, 60, budget_s,
+            return cls(True, models or ["tiny"], 64, 2, "ds_configs/zero2_fp32.json", 2, 1, 2, 66, 60, budget_s,
                        {"correctness": 5, "probe": 5, "eager": 5, "compiled": 10})  # fmt: skip
-        return cls(False, models or ["membart-base", "membart-large"], 512, 4, "ds_configs/zero2.json", 8, 2, 4, 128,
+        return cls(False, models or ["membart-base", "membart-large"], 512, 4, "ds_configs/zero2.json", 8, 2, 4, 514,
                    400, budget_s, {"correctness": 30, "probe": 25, "eager": 30, "compiled": 100})  # fmt: skip
 
 
@@ -171,7 +171,10 @@ def throughput(plan: Plan, budget: Budget, runtime, shards: Path, work: Path, re
                 name = f"{preset} {'replay' if replay else 'bptt'} {'compiled' if compiled else 'eager'}"
                 needs = plan.needs_s["compiled" if compiled else "eager"]
                 with budget.phase(name, needs) as phase:
-                    if phase is None or (preset, replay) not in lanes:
+                    if phase is None:
+                        continue
+                    if (preset, replay) not in lanes:
+                        phase["status"] = "skipped: its lane probe did not run"
                         continue
                     cfg = bench.run_config(plan, shards, work / name.replace(" ", "-"), preset,
                                            lanes[preset, replay], replay=replay, compiled=compiled)  # fmt: skip

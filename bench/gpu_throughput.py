@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from memformers.models.membart import load_preset
 from memformers.training.batches import SegmentFeed
@@ -36,13 +37,13 @@ MAX_LANES = 64
 
 
 def make_corpus(root: Path, segment_length: int, documents: int) -> Path:
-    """A SHARD_DIR of long synthetic documents (~10 segments of `segment_length` tokens each) and its tokenizer."""
+    """A SHARD_DIR of long synthetic documents and its tokenizer: ~12 segments of `segment_length` tokens per
+    document, filled to ~93% (segments end at a sentence end), as in a corpus of long documents."""
     from memformers.data import shard_documents, train_tokenizer
     from memformers.recall import SyntheticConfig, write_synthetic_corpus
 
     corpus = root / "corpus.jsonl"
-    words_per_fact = 10 * segment_length // 16  # 16 facts, each followed by its gap of filler words
-    write_synthetic_corpus(corpus, documents, SyntheticConfig(seed=0, facts_per_doc=16, gap_words=words_per_fact))
+    write_synthetic_corpus(corpus, documents, SyntheticConfig(seed=0, facts_per_doc=16, gap_words=8 * segment_length))
     train_tokenizer([str(corpus)], root / "tokenizer", 4000, progress=False)
     shard_documents([str(corpus)], tokenizer=str(root / "tokenizer"), output=str(root / "shards"),
                     segment_length=segment_length, val_fraction=0.0, progress=False)  # fmt: skip
@@ -138,36 +139,44 @@ def _probe_rollout(run: Run, lanes: int, plan) -> int | None:
 
 def measure(plan, cfg, runtime, preset: str, count_syncs: bool = False) -> dict:
     """`plan.warmup_steps` steps (the compile happens there), then `plan.timed_steps` timed ones: tokens/s and
-    MFU (medians of the steps' records: the engine's own figures), peak memory, the loader's share of the time."""
+    MFU (medians of the steps' records: the engine's own figures), peak memory, the loader's share of the time.
+    Only the fused SDPA backends are allowed: a fall back to the math kernel fails the run instead of slowing it."""
     run, result = Run(cfg, runtime, preset), {}
     try:
-        started = time.perf_counter()
-        for _ in range(plan.warmup_steps):
-            train_step(run.engine, run.feed, run.state, run.spec)
-        warmup_s = time.perf_counter() - started
-        if run.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(run.device)
-        records = [train_step(run.engine, run.feed, run.state, run.spec) for _ in range(plan.timed_steps)]
-        syncs = _count_syncs(run) if count_syncs else None
-        peak = torch.cuda.max_memory_allocated(run.device) / 2.0**30 if run.device.type == "cuda" else None
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+            result |= _timed_steps(plan, run, count_syncs)
         result |= {
             "lanes": cfg.data.lanes,
-            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
-            "mfu": _median_or_none([r["mfu"] for r in records]),
-            "step_time_s": statistics.median(r["step_time_s"] for r in records),
-            "data_wait_share": statistics.mean(r["data_wait_share"] for r in records),
-            "peak_memory_gib": peak,
-            "loss": records[-1]["loss"],
-            "warmup_s": warmup_s,
             "compile_s": run.clock.seconds if cfg.model.compile else None,
             "optimizer": _optimizer_name(run.engine),
             "dtypes": {"weights": str(model_dtype(run.engine)), "masters": _master_dtype(run.engine)},
         }
-        if syncs is not None:
-            result["host_syncs_per_step"] = syncs
         return result
     finally:
         result["memory_left_after_gib"] = run.close()
+
+
+def _timed_steps(plan, run: Run, count_syncs: bool) -> dict:
+    started = time.perf_counter()
+    for _ in range(plan.warmup_steps):
+        train_step(run.engine, run.feed, run.state, run.spec)
+    warmup_s = time.perf_counter() - started
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
+    records = [train_step(run.engine, run.feed, run.state, run.spec) for _ in range(plan.timed_steps)]
+    peak = torch.cuda.max_memory_allocated(run.device) / 2.0**30 if run.device.type == "cuda" else None
+    result = {
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in records),
+        "mfu": _median_or_none([r["mfu"] for r in records]),
+        "step_time_s": statistics.median(r["step_time_s"] for r in records),
+        "data_wait_share": statistics.mean(r["data_wait_share"] for r in records),
+        "peak_memory_gib": peak,
+        "loss": records[-1]["loss"],
+        "warmup_s": warmup_s,
+    }
+    if count_syncs:
+        result["host_syncs_per_step"] = _count_syncs(run)
+    return result
 
 
 def _count_syncs(run: Run) -> dict:
