@@ -1,4 +1,4 @@
-"""`make gpu-check`: is the GPU path healthy, and how fast is it? One command, about 7 minutes on one H100.
+"""`make gpu-check`: is the GPU path healthy, and how fast is it? One command, budgeted at 7 minutes on one H100.
 
     python bench/gpu_check.py [--dry-run] [--budget-s 420] [--models membart-base,membart-large] [--output DIR]
 

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     engine.train()
     while state.step < cfg.train.max_steps:
         with profiler.step(state.step + 1):
-            record = train_step(engine, feed, state, spec, stop_requested=stop.requested)
+            record = train_step(engine, feed, state, spec, stop=stop)
         if record is None:
             logger.write(f"training data exhausted after {cfg.train.epochs} epoch(s) at step {state.step}")
             break

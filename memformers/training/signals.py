@@ -16,7 +16,7 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; run 
 
 class StopRequest:
     """SIGTERM / SIGUSR1 ask the run to stop at the end of the current step. `requested` is this rank's: the
-    ranks agree through the step's own reduction (`train_step(stop_requested=...)`), so all stop after one step."""
+    ranks agree through the step's own reduction (`train_step(stop=...)`), so all stop after the same step."""
 
     def __init__(self):
         self.requested = False

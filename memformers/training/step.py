@@ -13,6 +13,7 @@ from .config import TrainSection
 from .distributed import Runtime, all_reduce, peak_tflops
 from .engine import flops_per_token
 from .recurrence import loss_weights, run_rollout
+from .signals import StopRequest
 from .state import TrainState
 
 
@@ -59,7 +60,7 @@ class StepSpec:
 
 
 def train_step(
-    engine, feed: SegmentFeed, state: TrainState, spec: StepSpec, *, stop_requested: bool = False
+    engine, feed: SegmentFeed, state: TrainState, spec: StepSpec, *, stop: StopRequest | None = None
 ) -> dict | None:
     """Run one optimizer step, advancing `state` (step, tokens, memory). Returns the step's record, or None when
     the data ran out (train.epochs reached) before the step was complete; then step and tokens are unchanged.
@@ -68,8 +69,8 @@ def train_step(
     ranks), tokens_per_s, grad_norm (None exactly when the update was skipped: a non-finite loss or gradient), mfu
     (None without a peak), step_time_s, data_wait_share (the share of the step's time spent blocked on the loader),
     skipped_steps (so far), restored_documents (documents continued from a parked memory so far, after an elastic
-    resume on fewer lanes), tokens_by_source (so far, all ranks, by corpus name), and stop_agreed: whether any rank
-    was asked to stop (`stop_requested`; all ranks then stop after the same step).
+    resume on fewer lanes), tokens_by_source (so far, all ranks, by corpus name), and stop_agreed: whether `stop`
+    was requested on any rank by the end of the step (all ranks then stop after the same step).
 
     The step reads values back from the device once, at its end (on a GPU, the one host synchronisation of the
     step, besides DeepSpeed's own in `engine.step()`): every sum of the record rides one all-reduce and one copy.
@@ -78,7 +79,6 @@ def train_step(
     started, waited, lr = time.perf_counter(), feed.waited, engine.get_lr()[0]  # the lr this step applies
     # summed over ranks, on the device: loss, target tokens, restored documents, stop requests, tokens by source
     sums = torch.zeros(_BY_SOURCE + len(spec.sources), dtype=torch.float64, device=spec.device)
-    sums[_STOPS] = float(stop_requested)  # a fill on the device, not a copy from the host
     for _ in range(spec.rollouts):
         segments = feed.take(spec.time_horizon)
         if segments is None:
@@ -107,6 +107,7 @@ def train_step(
             sums[_BY_SOURCE:].index_add_(0, batch["source"].clamp(min=0), target_counts(batch).double())
     state.step += 1
 
+    sums[_STOPS] = float(stop is not None and stop.requested)  # a fill on the device, not a copy from the host
     applied = engine.was_step_applied()
     norm = _as_device_scalar(engine.get_global_grad_norm() if applied else float("nan"), spec.device)
     loss, tokens, restored, stops, *by_source, grad_norm = torch.cat([all_reduce(sums), norm]).tolist()
