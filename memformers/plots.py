@@ -35,6 +35,13 @@ STEP_PANELS = (
 """The step record's curves: (key, panel title, y label)."""
 
 
+def have_matplotlib() -> bool:
+    """Whether matplotlib is installed (the `plots` extra: pip install 'memformers[plots]')."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def plot_run(run_dir: str | Path, output: str | Path) -> Path:
     """Draw the curves of the run in `run_dir` (its metrics.jsonl, complete or in progress) to the PNG `output`.
 

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "note" in result["model"]:
         print(f"note: {result['model']['note']}")
-    print(f"wrote {json_path} and {png_path}")
+    no_png = " (no eval.png: pip install 'memformers[plots]')"
+    print(f"wrote {json_path} and {png_path}" if png_path else f"wrote {json_path}{no_png}")
     return 0
 
 

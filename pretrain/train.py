@@ -19,13 +19,16 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from memformers.training.batches import SegmentFeed
 from memformers.training.checkpoint import Checkpointer
+from memformers.training.compiling import CompileClock
 from memformers.training.config import PretrainConfig, load_config
 from memformers.training.corpus import Corpus
 from memformers.training.distributed import PeerFailure, Runtime, init_runtime, peer_failure, seed_everything
 from memformers.training.engine import build_engine, build_model, initial_memory, parameter_count
 from memformers.training.evaluation import Evaluator
 from memformers.training.metrics import MetricsLogger
+from memformers.training.profiling import StepProfiler
 from memformers.training.signals import (
     EXIT_CONFIG_ERROR,
     EXIT_DAMAGED_DATA,
@@ -37,7 +40,7 @@ from memformers.training.signals import (
     StopRequest,
     report,
 )
-from memformers.training.state import TrainState
+from memformers.training.state import TrainState, attach_parked
 from memformers.training.step import DamagedDataGuard, LossSpikes, NonFiniteGuard, StepSpec, train_step
 
 # DeepSpeed calls a torch collective that torch deprecates, once per step: keep the progress bar readable
@@ -113,18 +116,26 @@ def train(run: Run, stop: StopRequest) -> int:
     factor, window = cfg.train.loss_spike_factor, cfg.train.loss_spike_window
     spikes = LossSpikes(factor, window, state.loss_history) if factor else None
     evaluator = Evaluator(engine, run.corpus, cfg.eval)
-    nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps)
-    damaged = DamagedDataGuard(cfg.data.max_bad_documents, state)
-    batches, exit_code = iter(loader), EXIT_OK
+    nonfinite, damaged = (
+        NonFiniteGuard(cfg.train.max_nonfinite_steps),
+        DamagedDataGuard(cfg.data.max_bad_documents, state),
+    )
+    compile_clock = CompileClock(enabled=cfg.model.compile)  # the layers compile in the first step
+    profiler = StepProfiler(cfg.logging.profile_steps, Path(cfg.run_dir), run.runtime, logger)
+    feed = SegmentFeed(iter(loader), run.runtime.device, prepare=lambda batch: attach_parked(batch, state.parked))
+    exit_code = EXIT_OK
     engine.train()
     while state.step < cfg.train.max_steps:
-        record = train_step(engine, batches, state, spec, spikes)
+        with profiler.step(state.step + 1):
+            record = train_step(engine, feed, state, spec, stop=stop, spikes=spikes)
         if record is None:
             logger.write(f"training data exhausted after {cfg.train.epochs} epoch(s) at step {state.step}")
             break
+        stop_agreed = record.pop("stop_agreed")  # every rank's signal, read with the step's numbers
         record["passes_by_source"] = dict(zip(run.corpus.names, loader.passes_done()))
         logger.log(record)
         logger.progress(state.step, record)
+        compile_clock.report_once(logger, record["step_time_s"])  # after the step that compiled
         if nonfinite.tripped(record, logger):
             exit_code = EXIT_NONFINITE
             break
@@ -136,13 +147,14 @@ def train(run: Run, stop: StopRequest) -> int:
             break
         if evaluator.due(state.step):
             state.last_eval = evaluator.run(state.step, logger)
-        if stop.agreed(run.runtime.device):
+        if stop_agreed:
             state.save(run.checkpointer, engine, loader, cfg)
             logger.write(f"stop signal: checkpointed step {state.step}, exiting with {EXIT_PREEMPTED} to be requeued")
             exit_code = EXIT_PREEMPTED
             break
         if state.step % cfg.checkpoint.every_steps == 0:
             state.save(run.checkpointer, engine, loader, cfg)
+    profiler.close()  # a run that ended inside logging.profile_steps
 
     # --- finish: evaluate and checkpoint the last step (not after a stop) ---------------------------------------
     if exit_code == EXIT_OK:

@@ -81,7 +81,12 @@ def test_deepspeed_json_must_agree_with_the_config(tmp_path):
         deepspeed_config(cfg, {"optimizer": {"type": "Adam"}}, world_size=1, on_cpu=True)
     with pytest.raises(ConfigError, match="at most one of fp16 and bf16"):
         deepspeed_config(cfg, {"fp16": {"enabled": True}, "bf16": {"enabled": True}}, world_size=1, on_cpu=True)
-    assert "torch_adam" not in deepspeed_config(cfg, {}, world_size=1, on_cpu=False)["optimizer"]["params"]
+    # on a GPU: torch's fused AdamW kernel; with the optimizer offloaded to the CPU, DeepSpeed's CPU Adam
+    gpu = deepspeed_config(cfg, {}, world_size=1, on_cpu=False)["optimizer"]["params"]
+    assert gpu["torch_adam"] is True and gpu["fused"] is True
+    offload = json.load(open("ds_configs/zero3_offload.json"))
+    offloaded = deepspeed_config(cfg, offload, world_size=1, on_cpu=False)["optimizer"]["params"]
+    assert "torch_adam" not in offloaded and "fused" not in offloaded
 
 
 def test_shipped_deepspeed_configs_are_valid_for_the_shipped_presets():

@@ -195,7 +195,9 @@ def test_batch_contract(shard_dir: Path) -> None:
         "segment_index",
         "epoch",
         "source",
+        "bad_documents",
     }
+    assert batch["bad_documents"] == []  # damaged documents met (tests/test_reliability.py)
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape[0] == 4
     assert batch["input_ids"].shape[1] <= SEGMENT_LENGTH + 2
     assert batch["attention_mask"].dtype == torch.bool and batch["attention_mask"].shape == batch["input_ids"].shape

@@ -143,12 +143,15 @@ def corpus_sums(
     return total
 
 
-def write_results(result: dict, out_dir: Path) -> tuple[Path, Path]:
-    """OUT_DIR/eval.json and OUT_DIR/eval.png (loss by segment position with and without memory, per corpus)."""
-    from memformers.plots import plot_eval
+def write_results(result: dict, out_dir: Path) -> tuple[Path, Path | None]:
+    """OUT_DIR/eval.json and OUT_DIR/eval.png (loss by segment position with and without memory, per corpus); the
+    picture only where matplotlib is installed (the `plots` extra), else its path is None."""
+    from memformers.plots import have_matplotlib, plot_eval
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / EVAL_JSON, result)
+    if not have_matplotlib():
+        return out_dir / EVAL_JSON, None
     plot_eval(result, out_dir / EVAL_PNG)
     return out_dir / EVAL_JSON, out_dir / EVAL_PNG
 

@@ -1,27 +1,38 @@
-"""Segment batches from a loader to the device, one at a time or a rollout's worth."""
+"""Segment batches from a loader to the device, a rollout's worth at a time, and the time spent waiting for them."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import torch
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on `device`. The copies do not block the host: the loader pins its batches' memory where
+    the device is a GPU (`Runtime.pin_memory`), and a copy from pinned memory is queued like a kernel."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def take(
-    batches: Iterator[dict], count: int, device: torch.device, prepare: Callable[[dict], None] | None = None
-) -> list[dict] | None:
-    """The next `count` batches on `device`, each first given to `prepare` (on the host: e.g. attaching parked
-    memories), or None when the data is exhausted (train.epochs reached)."""
-    out = []
-    for _ in range(count):
-        batch = next(batches, None)
-        if batch is None:
-            return None
-        if prepare is not None:
-            prepare(batch)
-        out.append(to_device(batch, device))
-    return out
+class SegmentFeed:
+    """The training loop's side of the loader: the next batches on the device, each first given to `prepare` (on
+    the host: e.g. attaching parked memories), and `waited`, the seconds spent blocked on the loader so far (what
+    `data_wait_share` reports: whether the loader keeps up with the device)."""
+
+    def __init__(self, batches: Iterator[dict], device: torch.device, prepare: Callable[[dict], None] | None = None):
+        self.batches, self.device, self.prepare = batches, device, prepare
+        self.waited = 0.0
+
+    def take(self, count: int) -> list[dict] | None:
+        """The next `count` batches on the device, or None when the data is exhausted (train.epochs reached)."""
+        out = []
+        for _ in range(count):
+            started = time.perf_counter()
+            batch = next(self.batches, None)
+            self.waited += time.perf_counter() - started
+            if batch is None:
+                return None
+            if self.prepare is not None:
+                self.prepare(batch)
+            out.append(to_device(batch, self.device))
+        return out

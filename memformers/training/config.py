@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import types
 import typing
@@ -20,6 +21,8 @@ from typing import Any, Literal
 import yaml
 
 from memformers.noising import DenoisingConfig
+
+from .distributed import adam_implementation
 
 
 class ConfigError(ValueError):
@@ -38,6 +41,9 @@ class ModelSection:
     """Overrides the preset's dropout."""
     gradient_checkpointing: bool = False
     """Recompute each layer in backward (less activation memory, one more forward)."""
+    compile: bool = False
+    """Compile each encoder and decoder layer with torch.compile (inductor, dynamic shapes; identical layers share
+    one compiled graph). The first step is slower by the compile time, which the log reports once."""
 
 
 @dataclass
@@ -132,12 +138,16 @@ class CheckpointSection:
 @dataclass
 class LoggingSection:
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
-    """auto: online if WANDB_API_KEY or WANDB_MODE=online is set, else offline (synced later with `wandb sync`)."""
+    """auto: online if WANDB_API_KEY or WANDB_MODE=online is set, else offline (synced later with `wandb sync`);
+    disabled where wandb is not installed (the `wandb` extra)."""
     wandb_project: str = "memformers"
     wandb_name: str | None = None
     progress_bar: bool = True
     peak_tflops: float | None = None
     """Per-device peak for the MFU estimate; None: looked up from the accelerator (CUDA), else MFU is not logged."""
+    profile_steps: list[int] | None = None
+    """[first, last]: record a torch profiler trace of these optimizer steps (CPU and, on GPUs, CUDA activity) into
+    RUN_DIR/profile/ (one Chrome trace per rank, for chrome://tracing or Perfetto, and a table of the top ops)."""
 
 
 @dataclass
@@ -289,6 +299,17 @@ def _check_values(cfg: PretrainConfig) -> None:
     need(cfg.checkpoint.keep >= 1, "checkpoint.keep must be >= 1 (the newest checkpoint is what a resume needs)")
     need(cfg.eval.every_steps >= 0, "eval.every_steps must be >= 0 (0: evaluate only at the end)")
     need(cfg.eval.positions >= 1, "eval.positions must be >= 1")
+    need(
+        cfg.logging.wandb in ("auto", "disabled") or importlib.util.find_spec("wandb") is not None,
+        f"logging.wandb={cfg.logging.wandb} but wandb is not installed: pip install 'memformers[wandb]', or set "
+        "logging.wandb=disabled (metrics.jsonl has every number; auto uses wandb only where it is installed)",
+    )
+    profile = cfg.logging.profile_steps
+    need(
+        profile is None or (len(profile) == 2 and 1 <= profile[0] <= profile[1]),
+        f"logging.profile_steps must be [first, last] optimizer steps with 1 <= first <= last (got {profile}), "
+        "e.g. [10, 12]",
+    )
     try:
         cfg.noise.validate()
     except ValueError as error:
@@ -361,13 +382,17 @@ def deepspeed_config(cfg: PretrainConfig, ds_json: dict[str, Any], world_size: i
             "betas": list(cfg.train.betas),
             "eps": cfg.train.eps,
             "weight_decay": cfg.train.weight_decay,
-            # DeepSpeed's fused Adam is a CUDA kernel; on CPU the torch implementation is the right one
-            **({"torch_adam": True} if on_cpu else {}),
+            **adam_implementation(on_cpu, offloaded=_offloads_optimizer(ds_json)),
         },
     }
     ds.setdefault("steps_per_print", 10**9)  # our logger reports; keep DeepSpeed's quiet
     ds.setdefault("wall_clock_breakdown", False)
     return ds
+
+
+def _offloads_optimizer(ds_json: dict[str, Any]) -> bool:
+    offload = ds_json.get("zero_optimization", {}).get("offload_optimizer") or {}
+    return offload.get("device", "none") not in ("none", None)
 
 
 # ------------------------------------------------------------------------------------------ the reference, generated

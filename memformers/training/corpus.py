@@ -87,4 +87,5 @@ class Corpus:
             epochs=epochs,
             transform=self.denoiser.collate,
             prefetch=self.data.prefetch,
+            pin_memory=self.runtime.pin_memory,
         )

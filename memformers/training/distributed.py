@@ -40,12 +40,21 @@ class Runtime:
     def on_cpu(self) -> bool:
         return self.device.type == "cpu"
 
+    @property
+    def pin_memory(self) -> bool:
+        """Whether the loader pins its batches' host memory: on a GPU, a copy from pinned memory is asynchronous
+        (`non_blocking=True` queues it), from pageable memory the host waits for it."""
+        return self.device.type == "cuda"
+
 
 def _env_int(*names: str, default: int) -> int:
     for name in names:
         if os.environ.get(name):
             return int(os.environ[name])
     return default
+
+
+_HEALTH_GROUP = None  # gloo, beside NCCL too: monitored_barrier names the ranks that stopped answering
 
 
 def init_runtime(collective_timeout_s: float | None = None) -> Runtime:
@@ -76,13 +85,10 @@ def init_runtime(collective_timeout_s: float | None = None) -> Runtime:
         deepspeed.init_distributed(
             dist_backend=accelerator.communication_backend_name(), auto_mpi_discovery=False, timeout=timeout
         )
-        global _HEALTH_GROUP  # gloo beside NCCL too: monitored_barrier, to name the ranks that stopped answering
+        global _HEALTH_GROUP
         health_timeout = timedelta(seconds=_health_wait_s(timeout_s))
         _HEALTH_GROUP = dist.new_group(backend="gloo", timeout=health_timeout) if world_size > 1 else None
     return Runtime(rank, local_rank, world_size, torch.device(accelerator.device_name(local_rank)), timeout_s)
-
-
-_HEALTH_GROUP = None
 
 
 def _health_wait_s(timeout_s: float) -> float:
@@ -190,6 +196,27 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["accelerator"] is not None:
         get_accelerator().set_rng_state(state["accelerator"])
+
+
+def adam_implementation(on_cpu: bool, offloaded: bool) -> dict:
+    """DeepSpeed optimizer params that pick AdamW's implementation for the device.
+
+    CPU: torch's AdamW. GPU: torch's fused AdamW (one kernel per parameter group, like DeepSpeed's FusedAdam, but
+    shipped compiled with torch: DeepSpeed's is built on first use, which needs nvcc and ninja on the compute node
+    and a minute). An optimizer offloaded to the CPU (ZeRO offload): DeepSpeed's own CPU Adam."""
+    if on_cpu:
+        return {"torch_adam": True}
+    if offloaded:
+        return {}
+    return {"torch_adam": True, "fused": True}
+
+
+def profiler_activities(device: torch.device) -> list:
+    """What a torch profiler trace records on `device`: the host's ops, and the GPU's kernels on a GPU."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    return activities
 
 
 # Dense bf16 peak per device, for the MFU estimate (from the vendors' data sheets, dense, no sparsity).

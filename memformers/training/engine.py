@@ -10,6 +10,7 @@ import torch
 
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset
 
+from .compiling import compile_layers
 from .config import ConfigError, PretrainConfig, TrainSection, deepspeed_config
 from .distributed import Runtime
 
@@ -21,7 +22,8 @@ def build_model(
     cfg: PretrainConfig, *, tokenizer_size: int, special_ids: dict[str, int], segment_length: int
 ) -> MemBartForConditionalGeneration:
     """The model to train: a preset sized for the tokenizer, or `model.init_from` (a MemBART, or a BART converted
-    with fresh memory). Checks that the model can read this corpus (vocab, positions)."""
+    with fresh memory). Checks that the model can read this corpus (vocab, positions). With `model.compile` its
+    layers are compiled (they compile at their first call)."""
     overrides = {} if cfg.model.dropout is None else {"dropout": cfg.model.dropout}
     if cfg.model.init_from:
         source = Path(cfg.model.init_from)
@@ -71,6 +73,8 @@ def build_model(
         )
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.compile:
+        compile_layers(model)
     return model
 
 

@@ -3,6 +3,7 @@ a progress bar, and wandb with the same numbers (offline unless configured onlin
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -15,8 +16,12 @@ from .config import LoggingSection
 
 
 def wandb_mode(setting: str) -> str:
+    """logging.wandb resolved: `auto` is online with WANDB_API_KEY or WANDB_MODE=online, else offline, and disabled
+    where wandb is not installed (it is optional: the `wandb` extra)."""
     if setting != "auto":
-        return setting
+        return setting  # online or offline without wandb installed: refused by the config's checks
+    if importlib.util.find_spec("wandb") is None:
+        return "disabled"
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"

@@ -60,6 +60,7 @@ def segment_forward(
         memory_states=memory,
         memory_resets=batch["resets"] if resets is None else resets,
         decoder_input_ids=decoder_inputs(labels, pad_id, decoder_start_id),
+        use_cache=False,  # teacher forcing: a decoder cache would only be filled and dropped (and guard compiles)
     )
     logits = out.logits.float()  # [lanes, S, V]; (N, V) rows are the contiguous, fast layout for cross-entropy
     token_loss = F.cross_entropy(
@@ -74,10 +75,10 @@ class RolloutResult:
     """Weighted rollout loss (differentiable)."""
     memory: torch.Tensor
     """Memory after the last segment, detached: the next rollout's start."""
-    loss_sum: float
-    """Unweighted summed token loss over the rollout (for logging)."""
-    tokens: int
-    """Target tokens in the rollout (valid lanes only)."""
+    loss_sum: torch.Tensor
+    """Unweighted summed token loss over the rollout (for logging), a detached scalar on the device."""
+    tokens: torch.Tensor
+    """Target tokens in the rollout (valid lanes only), a long scalar on the device."""
 
 
 def run_rollout(
@@ -97,6 +98,7 @@ def run_rollout(
     Segment t's summed token loss is divided by `target_tokens[t]` (default: this process's target tokens of that
     segment) and multiplied by `loss_scale`. Data-parallel training passes the counts over all ranks and the world
     size (DeepSpeed averages the ranks' gradients): every token then weighs the same however lanes are spread.
+    Nothing here reads a value back to the host: on a GPU the rollout is queued without waiting for it.
     """
     memory = memory.detach()
     loss = torch.zeros((), device=memory.device)
@@ -123,4 +125,4 @@ def run_rollout(
         loss = loss + weight * lane_loss.sum() * loss_scale / denominator.clamp(min=1)
         loss_sum = loss_sum + lane_loss.sum().detach()
         tokens = tokens + count
-    return RolloutResult(loss, memory.detach(), loss_sum.item(), int(tokens.item()))
+    return RolloutResult(loss, memory.detach(), loss_sum, tokens)

@@ -14,13 +14,10 @@ import signal
 import sys
 import traceback
 
-import torch
-
 from memformers.data import DataError
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
-from .distributed import all_reduce
 
 EXIT_OK = 0
 EXIT_CONFIG_ERROR = 2  # a config, corpus or checkpoint that does not fit; the message names it
@@ -42,7 +39,8 @@ def report(error: BaseException, exit_code: int) -> int:
 
 
 class StopRequest:
-    """SIGTERM / SIGUSR1 ask the run to stop at the end of the current step."""
+    """SIGTERM / SIGUSR1 ask the run to stop at the end of the current step. `requested` is this rank's: the
+    ranks agree through the step's own reduction (`train_step(stop=...)`), so all stop after the same step."""
 
     def __init__(self):
         self.requested = False
@@ -51,7 +49,3 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         self.requested = True
-
-    def agreed(self, device) -> bool:
-        """Whether any rank was signalled (all ranks must stop together, at the same step). Collective."""
-        return bool(all_reduce(torch.tensor([float(self.requested)], device=device), op="max").item())

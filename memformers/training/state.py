@@ -133,13 +133,13 @@ def elastic_note(layout: Layout, runtime: Runtime, lanes: int, waiting: int) -> 
 def attach_parked(batch: dict, parked: dict[tuple[int, int], torch.Tensor]) -> int:
     """For the lanes of a (CPU) batch that continue a waiting document, put its parked memory in
     `batch["restore_memory"]` `[lanes, M, d]` (taken out of `parked`); returns how many lanes do."""
-    restore = batch["restore"]
-    if not bool(restore.any()):
+    restore = batch["restore"].numpy()  # host arrays: nothing here waits for a device
+    if not restore.any():
         return 0
-    lanes = [int(lane) for lane in torch.nonzero(restore).flatten()]
-    rows = {lane: parked.pop((int(batch["doc_index"][lane]), int(batch["epoch"][lane]))) for lane in lanes}
+    doc_index, epoch = batch["doc_index"].numpy(), batch["epoch"].numpy()
+    rows = {int(lane): parked.pop((int(doc_index[lane]), int(epoch[lane]))) for lane in restore.nonzero()[0]}
     sample = next(iter(rows.values()))
-    memory = torch.zeros((restore.shape[0], *sample.shape), dtype=sample.dtype)
+    memory = torch.zeros((len(restore), *sample.shape), dtype=sample.dtype)
     for lane, row in rows.items():
         memory[lane] = row
     batch["restore_memory"] = memory

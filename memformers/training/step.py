@@ -6,17 +6,17 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from .batches import take
+from .batches import SegmentFeed
 from .config import TrainSection
 from .distributed import Runtime, all_gather_objects, all_reduce, peak_tflops
 from .engine import flops_per_token
 from .recurrence import loss_weights, run_rollout
-from .state import TrainState, attach_parked
+from .signals import StopRequest
+from .state import TrainState
 
 
 @dataclass(frozen=True)
@@ -62,84 +62,121 @@ class StepSpec:
 
 
 def train_step(
-    engine, batches: Iterator[dict], state: TrainState, spec: StepSpec, spikes: LossSpikes | None = None
+    engine,
+    feed: SegmentFeed,
+    state: TrainState,
+    spec: StepSpec,
+    *,
+    stop: StopRequest | None = None,
+    spikes: LossSpikes | None = None,
 ) -> dict | None:
     """Run one optimizer step, advancing `state` (step, tokens, memory). Returns the step's record, or None when
     the data ran out (train.epochs reached) before the step was complete; then step and tokens are unchanged.
 
     The record: step, loss (per target token, all ranks), lr (the one this step applied), tokens (so far, all
     ranks), tokens_per_s, grad_norm (None exactly when the update was skipped: a non-finite loss or gradient), mfu
-    (None without a peak), step_time_s, skipped_steps (so far), restored_documents (documents continued from a
-    parked memory so far, after an elastic resume on fewer lanes), tokens_by_source (so far, all ranks, by corpus
-    name), skipped_documents (damaged documents skipped so far, all ranks; `state.bad_documents` says which),
-    loss_spike (the update was skipped as a loss spike, see `LossSpikes`). Collective: every rank calls it.
+    (None without a peak), step_time_s, data_wait_share (the share of the step's time spent blocked on the loader),
+    skipped_steps (so far), restored_documents (documents continued from a parked memory so far, after an elastic
+    resume on fewer lanes), tokens_by_source (so far, all ranks, by corpus name), skipped_documents (damaged
+    documents skipped so far, all ranks; `state.bad_documents` says which), loss_spike (the update was skipped as a
+    loss spike, see `LossSpikes`), and stop_agreed: whether `stop` was requested on any rank by the end of the
+    step (all ranks then stop after the same step).
+
+    The step reads values back from the device once, at its end (on a GPU, the one host synchronisation of the
+    step, besides DeepSpeed's own in `engine.step()`; the loss-spike check adds one per rollout): every sum of the
+    record rides one all-reduce and one copy. Collective: every rank calls it.
     """
-    started, lr = time.perf_counter(), engine.get_lr()[0]  # the lr this step applies
-    step_loss, step_tokens, restored, spiked = 0.0, 0, 0, False
+    started, waited, lr = time.perf_counter(), feed.waited, engine.get_lr()[0]  # the lr this step applies
+    # summed over ranks, on the device: loss, target tokens, restored documents, stop requests, damaged documents
+    # met, tokens by source
+    sums = torch.zeros(_BY_SOURCE + len(spec.sources), dtype=torch.float64, device=spec.device)
     damaged: list[dict] = []  # damaged documents this rank's lanes met (the loader skipped them)
-    by_source = torch.zeros(len(spec.sources), dtype=torch.float64, device=spec.device)
+    spiked = False
     for _ in range(spec.rollouts):
-        segments = take(
-            batches, spec.time_horizon, spec.device, prepare=lambda b: b.update(restored=attach_parked(b, state.parked))
-        )
+        segments = feed.take(spec.time_horizon)
         if segments is None:
             return None
-        restored += sum(batch["restored"] for batch in segments)
-        damaged += [bad for batch in segments for bad in batch.get("bad_documents", ())]
-        for batch in segments:
-            by_source.index_add_(0, batch["source"].clamp(min=0), target_counts(batch).double())
-        # the loss of every segment is normalised by its target tokens over all ranks: the gradient is then the
-        # same however the lanes are spread over ranks (elastic resume is exact)
-        target_tokens = all_reduce(torch.stack([target_counts(batch).sum() for batch in segments]))
-        result = run_rollout(
-            engine,
-            segments,
-            state.memory,
-            spec.weights,
-            replay=spec.replay,
-            pad_id=spec.pad_id,
-            decoder_start_id=spec.decoder_start_id,
-            target_tokens=target_tokens,
-            loss_scale=float(spec.world_size),
-        )
-        if spikes is not None and spikes.is_spike(result.loss_sum, result.tokens, spec.device):
-            spiked = True
+        damaged += [bad for batch in segments for bad in batch["bad_documents"]]
+        result = rollout(engine, segments, state.memory, spec)
+        spiked = spiked or (spikes is not None and spikes.is_spike(result.loss_sum, result.tokens))
         if spiked:  # DeepSpeed skips an update whose gradients are not finite, on every rank: the step's update
             result.loss = result.loss * float("nan")  # is dropped, weights and optimizer moments untouched
         engine.backward(result.loss)
         engine.step()
         state.memory = result.memory
-        step_loss, step_tokens = step_loss + result.loss_sum, step_tokens + result.tokens
+        sums[_LOSS] += result.loss_sum
+        sums[_TOKENS] += result.tokens
+        for batch in segments:
+            sums[_RESTORED] += batch["restore"].sum()  # the lanes that took a parked memory (attach_parked)
+            sums[_BY_SOURCE:].index_add_(0, batch["source"].clamp(min=0), target_counts(batch).double())
     state.step += 1
 
-    counts = torch.tensor([step_loss, step_tokens, restored, len(damaged)], dtype=torch.float64, device=spec.device)
-    totals = all_reduce(torch.cat([counts, by_source]))  # one collective for every sum of the record
-    elapsed = time.perf_counter() - started
-    state.tokens += int(totals[1].item())
-    state.restored += int(totals[2].item())
-    if totals[3].item() > 0:  # rare: every rank learns which documents were skipped, each counted once
-        for bad in (bad for found in all_gather_objects(damaged) for bad in found):
-            state.bad_documents.setdefault(f"{bad['source']}:{bad['document']}", bad["description"])
-    for name, tokens in zip(spec.sources, totals[4:].tolist()):
-        state.tokens_by_source[name] = state.tokens_by_source.get(name, 0) + int(tokens)
+    sums[_STOPS] = float(stop is not None and stop.requested)  # a fill on the device, not a copy from the host
+    sums[_DAMAGED] = float(len(damaged))
     applied = engine.was_step_applied()
-    tokens_per_s = totals[1].item() / elapsed
-    peak = spec.peak_tflops
+    norm = _as_device_scalar(engine.get_global_grad_norm() if applied else float("nan"), spec.device)
+    loss, tokens, restored, stops, damaged_met, *by_source, grad_norm = torch.cat([all_reduce(sums), norm]).tolist()
+    elapsed = time.perf_counter() - started
+    state.tokens += int(tokens)
+    state.restored += int(restored)
+    if damaged_met > 0:  # rare: every rank learns which documents were skipped
+        note_damaged(state, all_gather_objects(damaged))
+    for name, source_tokens in zip(spec.sources, by_source):
+        state.tokens_by_source[name] = state.tokens_by_source.get(name, 0) + int(source_tokens)
+    tokens_per_s, peak = tokens / elapsed, spec.peak_tflops
     return {
         "step": state.step,
-        "loss": totals[0].item() / max(totals[1].item(), 1.0),
+        "loss": loss / max(tokens, 1.0),
         "lr": lr,
         "tokens": state.tokens,
         "tokens_per_s": tokens_per_s,
-        "grad_norm": float(engine.get_global_grad_norm()) if applied else None,
+        "grad_norm": grad_norm if applied else None,
         "mfu": tokens_per_s * spec.flops_per_token / (spec.world_size * peak * 1e12) if peak else None,
         "step_time_s": elapsed,
+        "data_wait_share": (feed.waited - waited) / elapsed,
         "skipped_steps": engine.skipped_steps,
         "restored_documents": state.restored,
         "tokens_by_source": dict(state.tokens_by_source),
         "skipped_documents": len(state.bad_documents),
         "loss_spike": spiked,
+        "stop_agreed": stops > 0,
     }
+
+
+def note_damaged(state: TrainState, found: list[list[dict]]) -> None:
+    """Record the damaged documents every rank's lanes met (the loader's `bad_documents` entries) in
+    `state.bad_documents`, each document once however often and wherever it was met."""
+    for bad in (bad for on_rank in found for bad in on_rank):
+        state.bad_documents.setdefault(f"{bad['source']}:{bad['document']}", bad["description"])
+
+
+def rollout(engine, segments: list[dict], memory: torch.Tensor, spec: StepSpec):
+    """`run_rollout` of `segments` from `memory`, every segment's loss normalised by its target tokens over all
+    ranks: the gradient is then the same however the lanes are spread over ranks (elastic resume is exact)."""
+    target_tokens = all_reduce(torch.stack([target_counts(batch).sum() for batch in segments]))
+    return run_rollout(
+        engine,
+        segments,
+        memory,
+        spec.weights,
+        replay=spec.replay,
+        pad_id=spec.pad_id,
+        decoder_start_id=spec.decoder_start_id,
+        target_tokens=target_tokens,
+        loss_scale=float(spec.world_size),
+    )
+
+
+# the slots of the step's summed values (train_step)
+_LOSS, _TOKENS, _RESTORED, _STOPS, _DAMAGED, _BY_SOURCE = range(6)
+
+
+def _as_device_scalar(value, device: torch.device) -> torch.Tensor:
+    """`value` (a tensor, as DeepSpeed's gradient norm is on a GPU, or a number) as a float64 `[1]` on `device`,
+    without a copy from the host (a number becomes a fill)."""
+    if torch.is_tensor(value):
+        return value.detach().reshape(1).to(device=device, dtype=torch.float64)
+    return torch.full((1,), float(value), dtype=torch.float64, device=device)
 
 
 def target_counts(batch: dict) -> torch.Tensor:
@@ -156,10 +193,11 @@ class LossSpikes:
     def __init__(self, factor: float, window: int, history: list[float]):
         self.factor, self.window, self.history = factor, window, history
 
-    def is_spike(self, loss_sum: float, tokens: int, device: torch.device) -> bool:
-        """Whether this rollout is a spike (recording it when not). Collective: one host synchronisation."""
-        totals = all_reduce(torch.tensor([loss_sum, tokens], dtype=torch.float64, device=device))
-        loss = totals[0].item() / max(totals[1].item(), 1.0)
+    def is_spike(self, loss_sum: torch.Tensor, tokens: torch.Tensor) -> bool:
+        """Whether this rollout (its summed token loss and target tokens, on the device) is a spike, recording it
+        when not. Collective: one host synchronisation."""
+        loss_sum, tokens = all_reduce(torch.stack([loss_sum.double(), tokens.double()])).tolist()
+        loss = loss_sum / max(tokens, 1.0)
         spike = len(self.history) >= self.window and loss > self.factor * statistics.median(self.history)
         if not spike and math.isfinite(loss):
             self.history.append(loss)

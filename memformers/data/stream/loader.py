@@ -36,14 +36,16 @@ each. A version-1 state (per-rank schedules) is carried over by `legacy.state_fr
 
 Reading (one seek and read per document, CRC-checked), batch assembly and `transform` run in a
 prefetch thread, `prefetch` batches ahead (0: in the calling thread), so the training loop does not
-wait on I/O. Iterating continues from the current position (a loop left early resumes where it
-stopped); once an iteration has run to the end of the last epoch, the next one is a new pass from the
-start, so a loader with `epochs=1` can be iterated once per evaluation. With `epochs=None` it cycles
-epochs forever. Shards found missing or of the wrong size when the loader opens raise ShardError naming them; a
-document that fails its checksum (or cannot be read) later is skipped: its lane emits padding for the document's
-segments, as the schedule dealt them, and the batch where it is met lists it in `bad_documents` (each time a
-lane meets it: the consumer counts distinct documents). The schedule does not change, so every rank keeps the
-same batches and a resume skips the same documents.
+wait on I/O. With `pin_memory` the thread also pins every tensor of a batch (page-locked host memory, which
+an accelerator copies from asynchronously); only a process with an accelerator may ask for it. Iterating
+continues from the current position (a loop left early resumes where it stopped); once an iteration has
+run to the end of the last epoch, the next one is a new pass from the start, so a loader with `epochs=1`
+can be iterated once per evaluation. With `epochs=None` it cycles epochs forever. Shards found missing or of the
+wrong size when the loader opens raise ShardError naming them; a document that fails its checksum (or cannot be
+read) later is skipped: its lane emits padding for the document's segments, as the schedule dealt them, and the
+batch where it is met lists it in `bad_documents` (each time a lane meets it: the consumer counts distinct
+documents). The schedule does not change, so every rank keeps the same batches and a resume skips the same
+documents.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ class SegmentStreamLoader:
         epochs: int | None = 1,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         prefetch: int = 4,
+        pin_memory: bool = False,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
@@ -114,7 +117,7 @@ class SegmentStreamLoader:
         self.split = split
         self.rank, self.world_size, self.lanes = rank, world_size, lanes
         self.segment_length, self.seed, self.epochs = segment_length, seed, epochs
-        self.transform, self.prefetch = transform, prefetch
+        self.transform, self.prefetch, self.pin_memory = transform, prefetch, pin_memory
         ids = self.manifest["tokenizer"]["special_ids"]
         self.bos_id, self.eos_id, self.pad_id = ids["bos"], ids["eos"], ids["pad"]
         # the indexes are mapped (shared through the page cache); the shard sizes checked
@@ -299,6 +302,8 @@ class SegmentStreamLoader:
             out = self._assemble(slots[mine], held, state.epoch)
             if self.transform is not None:
                 out = self.transform(out)
+            if self.pin_memory:
+                out = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
             yield out, state.copy()
 
     def _assemble(self, slots: list[Slot | None], held: dict[int, tuple[int, Sample]], epoch: int) -> dict[str, Any]:
