@@ -103,12 +103,13 @@ def test_missing_unsupported_and_empty_inputs(tmp_path: Path) -> None:
 
 def test_empty_and_whitespace_documents_are_skipped_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
-    records = [{"text": "a real document."}, {"text": ""}, {"text": " \n\t "}, {"text": None}, {"text": "another one."}]
+    records = [{"text": "a real document."}, {"text": ""}, {"text": " \n\t "}, {"text": "another one."}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n\n")
     (tmp_path / "blank.txt").write_text("   \n")
     reader = DocumentReader([str(path), str(tmp_path / "blank.txt")])
     assert [d.text for d in reader] == ["a real document.", "another one."]
-    assert reader.stats.documents_read == 6 and reader.stats.skipped == {"empty": 4}
+    assert reader.stats.documents_read == 5 and reader.stats.skipped == {"empty": 3}
+    assert reader.stats.empty_examples == [f"{path}:2", f"{path}:3", str(tmp_path / "blank.txt")]
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path: Path) -> None:

@@ -124,7 +124,7 @@ def test_identical_bytes_whatever_the_number_of_workers(
         out = tmp_path / f"w{workers}"
         shard_documents(
             [str(synthetic_jsonl), str(varied_jsonl)], bpe_tokenizer, out, SEGMENT_LENGTH,
-            workers=workers, val_fraction=0.2, docs_per_shard=DOCS_PER_SHARD, progress=False, chunk_chars=20_000,
+            workers=workers, val_fraction=0.2, docs_per_shard=DOCS_PER_SHARD, progress=False, block_bytes=20_000,
         )  # fmt: skip
         digests.append(_file_digests(out))
     assert digests[0] == digests[1] == digests[2]

@@ -24,7 +24,6 @@ from .format.manifest import INDEX_DTYPE, is_shard_dir, read_manifest
 from .format.mixing import check_mixable, mixing_problems
 from .format.reader import SplitReader
 from .format.samples import Sample
-from .prep.pipeline import split_of
 from .prep.segmenting import segment_ends
 from .prep.sharding import shard_documents
 from .prep.slices import IncompleteSlicesError
@@ -32,6 +31,7 @@ from .prep.sources import Document, DocumentReader, ReadStats
 from .prep.summary import ShardingSummary
 from .prep.tokenizer_training import TokenizerSummary, train_tokenizer
 from .prep.verify import DirCheck, ShardCheck, check_shard_dir, split_statistics
+from .prep.worker import split_of
 from .stream.schedule import EpochOrder, MixtureSchedule, Schedule, Slot, StreamState
 from .tokenizer import (
     check_tokenizer,

@@ -178,6 +178,32 @@ def encode_sample(key: str, ids: np.ndarray, ends: np.ndarray, meta: dict[str, A
     return b"".join(parts)
 
 
+def sample_meta(doc_id: str | None, source: str) -> bytes:
+    """The `.json` member of a sample: `{"id": ..., "source": ...}` as `encode_sample` writes it (keys sorted,
+    non-ASCII kept), without building a dict."""
+    encoded_id = "null" if doc_id is None else _JSON_STRING(doc_id)
+    return f'{{"id": {encoded_id}, "source": {_JSON_STRING(source)}}}'.encode()
+
+
+_JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def encode_sample_bytes(key: bytes, ids: bytes, ids_descr: str, ends: bytes, meta: bytes) -> bytes:
+    """`encode_sample` of token ids and segment ends given as their little-endian bytes (`ids_descr`: the ids'
+    dtype string, "<u2" or "<u4"; ends are "<u4") and the `.json` member's bytes: the same sample bytes, at a
+    fraction of the cost (what the sharding workers use)."""
+    members = (
+        (b".ids.npy", _npy_header(ids_descr, len(ids) // int(ids_descr[-1])), ids),
+        (b".seg.npy", _npy_header("<u4", len(ends) // 4), ends),
+        (b".json", b"", meta),
+    )
+    parts: list[bytes] = []
+    for suffix, head, data in members:
+        size = len(head) + len(data)
+        parts += (_tar_header(key + suffix, size), head, data, _ZEROS[-size % TAR_BLOCK])
+    return b"".join(parts)
+
+
 def tar_trailer(size: int) -> bytes:
     """End-of-archive blocks, padded as tarfile pads, for an archive of `size` bytes so far."""
     end = size + 2 * TAR_BLOCK

@@ -51,12 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from memformers.files import write_json_atomic
 
 from ..errors import DataError, ShardError
-from ..format.manifest import INDEX_DTYPE
 from ..format.reader import SplitReader
 from ..format.samples import key_of, parse_sample_key, rekey, sample_key
 from .output import (
@@ -70,12 +67,11 @@ from .output import (
     remove_entries,
 )
 from .pipeline import Job, check_written, copy_tokenizer, make_job, read_statistics, tokenize_into, write_manifest
-from .sources import MAX_KEPT_MESSAGES, Document, DocumentReader, Source, open_binary
+from .sources import ReadStats, Source
 from .summary import ShardingSummary
 from .writer import ShardWriter, finish_split
 
 SLICE_INFO = "slice.json"
-_COUNT_CHUNK = 1 << 24
 
 
 class IncompleteSlicesError(DataError):
@@ -107,6 +103,9 @@ class Part:
         where = self.source.location
         return where if self.start is None else f"{where} bytes [{self.start}, {self.end})"
 
+    def as_tuple(self) -> tuple[Source, int | None, int | None]:
+        return self.source, self.start, self.end
+
 
 def _weight(source: Source) -> int:
     """An input's size in bytes, for balancing the slices (0 for a 🤗 dataset name)."""
@@ -119,11 +118,8 @@ def _weight(source: Source) -> int:
 
 
 def _line_splittable(source: Source) -> bool:
-    """An uncompressed JSON lines file (the test DocumentReader applies to tell lines from one array)."""
-    if source.kind != "json" or source.compression:
-        return False
-    with open_binary(source.location, None) as f:
-        return f.peek(1 << 16).lstrip()[:1] != b"["
+    """An uncompressed JSON lines file."""
+    return source.kind == "json" and not source.compression and not source.is_json_array()
 
 
 def plan_slices(sources: list[Source], count: int) -> list[list[Part]]:
@@ -164,61 +160,6 @@ def _byte_ranges(sources: list[Source], weights: list[int], count: int) -> list[
             slices[max(i for i in range(count) if bounds[i] <= start)].append(Part(source))
         start += weight
     return slices
-
-
-class SliceDocuments:
-    """The documents of one slice's parts, read by `reader` (whose `stats` count them): whole inputs as
-    DocumentReader reads them, byte ranges of JSON lines files line by line, with the same records, line
-    numbers, checks and counts as a read of the whole file."""
-
-    def __init__(self, reader: DocumentReader, parts: list[Part]) -> None:
-        self.reader, self.parts = reader, parts
-
-    def __iter__(self) -> Iterator[Document]:
-        for part in self.parts:
-            if part.start is None:
-                yield from self.reader.read_source(part.source)
-            else:
-                yield from self._read_json_range(part)
-
-    def _read_json_range(self, part: Part) -> Iterator[Document]:
-        location = part.source.location
-        with open(location, "rb", buffering=1 << 20) as f:
-            start, end = _line_start(f, part.start), _line_start(f, part.end)
-            lineno = _count_lines(f, start)
-            f.seek(start)
-            pos = start
-            while pos < end:
-                line = f.readline()
-                if not line:
-                    break
-                pos += len(line)
-                lineno += 1
-                if not line.isspace():  # blank lines are not records
-                    doc = self.reader.read_json_line(line, f"{location}:{lineno}")
-                    if doc is not None:
-                        yield doc
-
-
-def _line_start(f: Any, offset: int) -> int:
-    """The first line start at or after `offset` in the binary file `f`."""
-    if offset == 0:
-        return 0
-    f.seek(offset - 1)
-    return offset - 1 + len(f.readline())
-
-
-def _count_lines(f: Any, end: int) -> int:
-    """Newlines in the first `end` bytes of `f`."""
-    f.seek(0)
-    lines, left = 0, end
-    while left > 0:
-        chunk = f.read(min(_COUNT_CHUNK, left))
-        if not chunk:
-            break
-        lines += chunk.count(b"\n")
-        left -= len(chunk)
-    return lines
 
 
 # -- entry point ---------------------------------------------------------------------------------------
@@ -280,14 +221,14 @@ def shard_slice(job: Job, index: int, count: int, overwrite: bool, started: floa
     if info is not None:
         return _slice_summary(directory, info, label, time.perf_counter() - started, job, already_complete=True)
     parts = plan_slices(job.reader.sources, count)[index]
-    result = tokenize_into(job, directory, state, SliceDocuments(job.reader, parts))
+    result = tokenize_into(job, directory, state, [p.as_tuple() for p in parts], f"slice {index}")
     info = {
         "state": state,
         "parts": [p.describe() for p in parts],
-        "positions": result.positions,
+        "positions": {split: result.positions[split] for split in job.splits},
         "splits": {split: finish_split(directory, split, result.records) for split in job.splits},
-        "stats": read_statistics(job.reader.stats, result.records),
-        "bad_record_examples": job.reader.stats.bad_record_examples,
+        "stats": read_statistics(result.stats, result.records),
+        **{k: v for k, v in result.stats.as_dict().items() if k.endswith("_examples")},
     }
     write_json_atomic(directory / SLICE_INFO, info)  # last: marks the slice done
     shutil.rmtree(directory / PROGRESS_DIR)
@@ -333,7 +274,7 @@ def _slice_summary(directory: Path, info: dict, label: str, seconds: float, job:
         workers=job.workers,
         label=label,
         ignored_files=job.reader.stats.ignored_files,
-        bad_record_examples=info["bad_record_examples"],
+        examples=_examples([info]),
         **counts,
     )
 
@@ -364,12 +305,12 @@ def merge_slices(job: Job, count: int, overwrite: bool, started: float) -> Shard
         (out / split).mkdir(parents=True)
     (out / PROGRESS_DIR).mkdir()
     tok = copy_tokenizer(job, out)
-    records: dict[tuple[str, int], tuple[dict[str, Any], np.ndarray]] = {}
+    records: dict[tuple[str, int], dict[str, Any]] = {}
     for split in job.splits:
         _merge_split(out, split, slices, job.settings["docs_per_shard"], records)
     stats = _sum_statistics([s.info["stats"] for s in slices])
-    examples = [e for s in slices for e in s.info["bad_record_examples"]][:MAX_KEPT_MESSAGES]
-    check_written(stats, examples)
+    examples = _examples([s.info for s in slices])
+    check_written(stats, examples.bad_record_examples)
     manifest = write_manifest(job, tok, records, stats)
     shutil.rmtree(out / PROGRESS_DIR)
     shutil.rmtree(out / SLICES_DIR)
@@ -381,7 +322,7 @@ def merge_slices(job: Job, count: int, overwrite: bool, started: float) -> Shard
         label=f"shard directory (merged from {count} slice{'s' if count > 1 else ''})",
         shards_written=len(records),
         ignored_files=job.reader.stats.ignored_files,
-        bad_record_examples=examples,
+        examples=examples,
     )
 
 
@@ -424,6 +365,14 @@ def _slice_problem(directory: Path, state: dict[str, Any]) -> tuple[str | None, 
             if not path.is_file() or path.stat().st_size != shard["bytes"]:
                 return f"is damaged ({path} is missing or truncated): delete {directory} and run it again", info
     return None, info
+
+
+def _examples(infos: list[dict[str, Any]]) -> ReadStats:
+    """The first few bad records, empty documents and invalid UTF-8 of slices (their slice.json), in order."""
+    examples = ReadStats()
+    for info in infos:
+        examples.update(ReadStats.from_dict(info))  # slice.json: the examples, by kind, at its top level
+    return examples
 
 
 def _sum_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -481,7 +430,7 @@ class _SplitMerger:
         writer, self.writer = self.writer, None
         size = min(self.docs_per_shard, self.positions - writer.shard * self.docs_per_shard)
         writer.no_tokens = size - len(writer.rows)
-        self.records[(self.split, writer.shard)] = (writer.commit(), np.array(writer.rows, dtype=INDEX_DTYPE))
+        self.records[(self.split, writer.shard)] = writer.commit()
 
 
 def _slice_samples(s: _Slice, split: str, docs_per_shard: int) -> Iterator[tuple[int, bytes, int, int]]:

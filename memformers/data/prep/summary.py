@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..format.manifest import read_manifest
+from .sources import MAX_KEPT_MESSAGES, ReadStats
 
 
 @dataclass
@@ -32,6 +33,8 @@ class ShardingSummary:
     label: str = "shard directory"  # what `output` is: the SHARD_DIR, or a slice of one
     ignored_files: list[str] = field(default_factory=list)
     bad_record_examples: list[str] = field(default_factory=list)
+    empty_examples: list[str] = field(default_factory=list)
+    invalid_utf8_examples: list[str] = field(default_factory=list)
 
     @property
     def reconciles(self) -> bool:
@@ -56,10 +59,12 @@ class ShardingSummary:
         tokens_this_run: int = 0,
         already_complete: bool = False,
         ignored_files: list[str] | None = None,
-        bad_record_examples: list[str] | None = None,
+        examples: ReadStats | None = None,
     ) -> ShardingSummary:
-        """The summary of the work `record` describes; shards not written by this run were reused."""
+        """The summary of the work `record` describes; shards not written by this run were reused. `examples`:
+        what was read, for the first few bad records, empty documents and invalid UTF-8 it names."""
         stats, splits = record["stats"], split_totals(record["splits"])
+        examples = examples or ReadStats()
         return cls(
             output=str(output),
             documents_read=stats["documents_read"],
@@ -75,7 +80,9 @@ class ShardingSummary:
             already_complete=already_complete,
             label=label,
             ignored_files=list(ignored_files or []),
-            bad_record_examples=list(bad_record_examples or []),
+            bad_record_examples=list(examples.bad_record_examples),
+            empty_examples=list(examples.empty_examples),
+            invalid_utf8_examples=list(examples.invalid_utf8_examples),
         )
 
     @classmethod
@@ -114,6 +121,9 @@ class ShardingSummary:
             )
         for example in self.bad_record_examples:
             lines.append(f"  skipped bad record: {example}")
+        for what, examples in (("empty", self.empty_examples), ("invalid UTF-8", self.invalid_utf8_examples)):
+            if examples:
+                lines.append(f"  {what}: {', '.join(examples)}{', ...' if len(examples) == MAX_KEPT_MESSAGES else ''}")
         lines.append(
             "  reconciles: read = written + skipped" if self.reconciles else "  WARNING: counts do not reconcile"
         )
