@@ -100,6 +100,8 @@ def make_job(
     o = options
     workers = (os.cpu_count() or 1) if o["workers"] is None else o["workers"]
     _check_numbers(segment_length, o["docs_per_shard"], o["val_fraction"], workers)
+    if o["block_bytes"] is not None and o["block_bytes"] < 1:
+        raise DataError(f"--block-bytes must be >= 1, got {o['block_bytes']}")
     reader = DocumentReader(
         list(inputs),
         text_field=o["text_field"],
