@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 
-from .output import PROGRESS_DIR, prepare_output
+from .output import OWNED, PROGRESS_DIR, discarded_on_bad_input, prepare_output
 from .pipeline import check_written, make_job, read_statistics, tokenize_into, whole_inputs, write_manifest
 from .slices import run_sliced
 from .summary import ShardingSummary
@@ -63,11 +63,14 @@ def shard_documents(
     if num_slices is not None or slice_index is not None or merge:
         return run_sliced(inputs, tokenizer, output, segment_length, options, num_slices, slice_index, merge, overwrite)
     job = make_job(inputs, tokenizer, output, segment_length, options)
-    if prepare_output(job.out, job.state, overwrite) == "complete":
+    existed = job.out.exists()
+    status = prepare_output(job.out, job.state, overwrite)
+    if status == "complete":
         return ShardingSummary.of_finished(job.out, seconds=time.perf_counter() - started, workers=job.workers)
-    result = tokenize_into(job, job.out, job.state, whole_inputs(job), "sharding")
-    stats = read_statistics(result.stats, result.records)
-    check_written(stats, result.stats.bad_record_examples)
+    with discarded_on_bad_input(job.out, OWNED, status == "fresh", existed):
+        result = tokenize_into(job, job.out, job.state, whole_inputs(job), "sharding")
+        stats = read_statistics(result.stats, result.records)
+        check_written(stats, result.stats.bad_record_examples)
     manifest = write_manifest(job, result.tokenizer, result.records, stats)
     shutil.rmtree(job.out / PROGRESS_DIR)
     return ShardingSummary.from_record(

@@ -61,6 +61,7 @@ from .output import (
     PROGRESS_DIR,
     SLICES_DIR,
     differences,
+    discarded_on_bad_input,
     finished_state,
     folder_entries,
     refusal,
@@ -221,7 +222,9 @@ def shard_slice(job: Job, index: int, count: int, overwrite: bool, started: floa
     if info is not None:
         return _slice_summary(directory, info, label, time.perf_counter() - started, job, already_complete=True)
     parts = plan_slices(job.reader.sources, count)[index]
-    result = tokenize_into(job, directory, state, [p.as_tuple() for p in parts], f"slice {index}")
+    fresh = not (directory / PROGRESS_DIR / "state.json").is_file()
+    with discarded_on_bad_input(directory.parent, (directory.name,), fresh, existed=True):
+        result = tokenize_into(job, directory, state, [p.as_tuple() for p in parts], f"slice {index}")
     info = {
         "state": state,
         "parts": [p.describe() for p in parts],

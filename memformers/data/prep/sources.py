@@ -91,9 +91,15 @@ class Source:
         return 0
 
     def is_json_array(self) -> bool:
-        """Whether a JSON file holds one JSON array rather than JSON lines (its first non-blank byte is `[`)."""
-        with open_binary(self.location, self.compression) as f:
-            return f.peek(1 << 16).lstrip()[:1] == b"["
+        """Whether a JSON file holds one JSON array rather than JSON lines (its first non-blank byte is `[`). A
+        compressed file that cannot be read that far is taken for JSON lines: reading it names the damage."""
+        try:
+            with open_binary(self.location, self.compression) as f:
+                return f.peek(1 << 16).lstrip()[:1] == b"["
+        except _decompression_errors():
+            if self.compression is None:
+                raise
+            return False
 
 
 @dataclass
@@ -188,6 +194,15 @@ class ReadStats:
             "empty": self.empty_examples,
             "invalid_utf8": self.invalid_utf8_examples,
         }[kind]
+
+    def example_lines(self) -> list[str]:
+        """Summary lines naming the first few bad records, empty documents and documents with invalid UTF-8."""
+        lines = [f"  skipped bad record: {example}" for example in self.bad_record_examples]
+        for what, examples in (("empty", self.empty_examples), ("invalid UTF-8", self.invalid_utf8_examples)):
+            if examples:
+                more = ", ..." if len(examples) == MAX_KEPT_MESSAGES else ""
+                lines.append(f"  {what} (the first {len(examples)}): {', '.join(examples)}{more}")
+        return lines
 
     def as_dict(self) -> dict[str, Any]:
         """The counts and examples as plain JSON (a slice's record, the task log)."""
@@ -400,11 +415,49 @@ def open_binary(path: str, compression: str | None) -> IO[bytes]:
     if compression == ".xz":
         return lzma.open(path, "rb")
     if compression == ".zst":
+        return io.BufferedReader(_ZstdFrames(path), 1 << 20)
+    return open(path, "rb", buffering=1 << 20)
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a .zst file, frame after frame. Unlike zstandard's stream reader, which ends
+    quietly where a truncated file ends, this raises EOFError when the file ends inside a frame."""
+
+    def __init__(self, path: str) -> None:
         import zstandard
 
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), 1 << 20)
-    return open(path, "rb", buffering=1 << 20)
+        self.file = open(path, "rb")
+        self.context = zstandard.ZstdDecompressor()
+        self.frame = self.context.decompressobj()
+        self.in_frame = False  # bytes of the current frame were read, and its end was not
+        self.out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.out:
+            chunk = self.file.read(1 << 16)  # compressed: its output stays a few MiB
+            if not chunk:
+                if self.in_frame:
+                    raise EOFError("the file ends inside a zstd frame (truncated)")
+                return 0
+            parts = []
+            while chunk:
+                if self.frame.eof:  # the next frame
+                    self.frame = self.context.decompressobj()
+                parts.append(self.frame.decompress(chunk))
+                self.in_frame = not self.frame.eof
+                chunk = self.frame.unused_data if self.frame.eof else b""
+            self.out = memoryview(parts[0] if len(parts) == 1 else b"".join(parts))
+        n = min(len(buffer), len(self.out))
+        buffer[:n] = self.out[:n]
+        self.out = self.out[n:]
+        return n
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
 
 
 def _decompression_errors() -> tuple[type[BaseException], ...]:

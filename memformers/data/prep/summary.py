@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..format.manifest import read_manifest
-from .sources import MAX_KEPT_MESSAGES, ReadStats
+from .sources import ReadStats
 
 
 @dataclass
@@ -32,9 +32,7 @@ class ShardingSummary:
     already_complete: bool = False
     label: str = "shard directory"  # what `output` is: the SHARD_DIR, or a slice of one
     ignored_files: list[str] = field(default_factory=list)
-    bad_record_examples: list[str] = field(default_factory=list)
-    empty_examples: list[str] = field(default_factory=list)
-    invalid_utf8_examples: list[str] = field(default_factory=list)
+    examples: ReadStats = field(default_factory=ReadStats)  # names the first few bad records, empty, invalid UTF-8
 
     @property
     def reconciles(self) -> bool:
@@ -80,9 +78,7 @@ class ShardingSummary:
             already_complete=already_complete,
             label=label,
             ignored_files=list(ignored_files or []),
-            bad_record_examples=list(examples.bad_record_examples),
-            empty_examples=list(examples.empty_examples),
-            invalid_utf8_examples=list(examples.invalid_utf8_examples),
+            examples=examples,
         )
 
     @classmethod
@@ -119,11 +115,7 @@ class ShardingSummary:
             lines.append(
                 f"  ignored {len(self.ignored_files)} files of unsupported types, e.g. {self.ignored_files[0]}"
             )
-        for example in self.bad_record_examples:
-            lines.append(f"  skipped bad record: {example}")
-        for what, examples in (("empty", self.empty_examples), ("invalid UTF-8", self.invalid_utf8_examples)):
-            if examples:
-                lines.append(f"  {what}: {', '.join(examples)}{', ...' if len(examples) == MAX_KEPT_MESSAGES else ''}")
+        lines += self.examples.example_lines()
         lines.append(
             "  reconciles: read = written + skipped" if self.reconciles else "  WARNING: counts do not reconcile"
         )
