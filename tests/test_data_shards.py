@@ -315,7 +315,15 @@ def test_sample_encoding_matches_the_standard_formats() -> None:
     import io
     import tarfile
 
-    from memformers.data.format.samples import decode_sample, encode_sample, npy_bytes, tar_header, tar_trailer
+    from memformers.data.format.samples import (
+        decode_sample,
+        encode_sample,
+        encode_sample_bytes,
+        npy_bytes,
+        sample_meta,
+        tar_header,
+        tar_trailer,
+    )
 
     for array in (np.arange(5, dtype="<u2"), np.zeros(0, dtype="<u4"), np.array([1, 70000], dtype="<u4")):
         buffer = io.BytesIO()
@@ -336,6 +344,14 @@ def test_sample_encoding_matches_the_standard_formats() -> None:
     )
     with pytest.raises(ShardError, match="x.tar: undecodable sample"):
         decode_sample(sample[:700], "x.tar")
+    # the workers' encoder (bytes in) writes the same bytes, whatever the dtype, lengths, id and source
+    rng = np.random.default_rng(0)
+    for n, dtype, doc_id, source in ((0, "<u2", None, "a.jsonl:1"), (700, "<u4", 'q"', "caf\u00e9/\u6771.jsonl#3")):
+        ids, ends = rng.integers(0, 60000, n).astype(dtype), np.array([n] * bool(n), dtype="<u4")
+        for key in ("train-000001-000002", "val-1234567-000000"):
+            expected = encode_sample(key, ids, ends, {"id": doc_id, "source": source})
+            got = encode_sample_bytes(key.encode(), ids.tobytes(), dtype, ends.tobytes(), sample_meta(doc_id, source))
+            assert got == expected
 
 
 def test_statistics_from_histograms_match_plain_percentiles() -> None:

@@ -188,19 +188,30 @@ def sample_meta(doc_id: str | None, source: str) -> bytes:
 _JSON_STRING = json.JSONEncoder(ensure_ascii=False).encode
 
 
+_MEMBER_SUFFIXES = tuple((suffix, sum(suffix)) for suffix in (b".ids.npy", b".seg.npy", b".json"))
+_MTIME, _AFTER_CHECKSUM = _HEADER_TAIL[:12], _HEADER_TAIL[20:]
+
+
 def encode_sample_bytes(key: bytes, ids: bytes, ids_descr: str, ends: bytes, meta: bytes) -> bytes:
     """`encode_sample` of token ids and segment ends given as their little-endian bytes (`ids_descr`: the ids'
     dtype string, "<u2" or "<u4"; ends are "<u4") and the `.json` member's bytes: the same sample bytes, at a
-    fraction of the cost (what the sharding workers use)."""
+    fraction of the cost (what the sharding workers use). The three headers differ only in the member's suffix and
+    size, so the key's share of their checksums is summed once."""
+    if len(key) + 8 > 100:
+        raise ValueError(f"tar member name longer than 100 bytes: {key.decode('utf-8', 'replace')}.ids.npy")
+    checksum = _BASE_CHECKSUM + sum(key)
     members = (
-        (b".ids.npy", _npy_header(ids_descr, len(ids) // int(ids_descr[-1])), ids),
-        (b".seg.npy", _npy_header("<u4", len(ends) // 4), ends),
-        (b".json", b"", meta),
+        (_npy_header(ids_descr, len(ids) // int(ids_descr[-1])), ids),
+        (_npy_header("<u4", len(ends) // 4), ends),
+        (b"", meta),
     )
     parts: list[bytes] = []
-    for suffix, head, data in members:
+    for (suffix, suffix_sum), (head, data) in zip(_MEMBER_SUFFIXES, members):
         size = len(head) + len(data)
-        parts += (_tar_header(key + suffix, size), head, data, _ZEROS[-size % TAR_BLOCK])
+        size_field = b"%011o\0" % size
+        header_checksum = b"%06o\0 " % (checksum + suffix_sum + sum(size_field))
+        parts += (key, suffix, _ZEROS[100 - len(key) - len(suffix)], _HEADER_HEAD, size_field, _MTIME)
+        parts += (header_checksum, _AFTER_CHECKSUM, head, data, _ZEROS[-size % TAR_BLOCK])
     return b"".join(parts)
 
 

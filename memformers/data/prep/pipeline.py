@@ -42,13 +42,13 @@ from .tasks import Task, block_size, plan_tasks, plan_work
 from .worker import (
     Failed,
     JobDone,
+    Piece,
+    Recorded,
     Scanned,
-    Sealed,
     TaskDone,
     Verified,
     VerifyJob,
     WorkerSetup,
-    Wrote,
 )
 from .writer import PIECES, finish_split, load_progress
 
@@ -298,12 +298,13 @@ class _Run:
                 self.executor.place(self.owner.pop(task, worker), task, placement)
             if scheduler.all_placed:
                 self.queue.extendleft(scheduler.ready())
-        elif isinstance(message, Wrote):
-            self.queue.extendleft(scheduler.wrote(message))
-            part = message.record or message.piece
-            self.progress.wrote(part["documents"], part["tokens"])
-        elif isinstance(message, Sealed):
-            scheduler.sealed(message.split, message.shard, message.record)
+        elif isinstance(message, Piece):
+            self.queue.extendleft(scheduler.piece(message))
+            self.progress.wrote(message.piece["documents"], message.piece["tokens"])
+        elif isinstance(message, Recorded):
+            scheduler.recorded(message.split, message.shard, message.record)
+            if message.whole:  # a sealed shard's documents were counted with its pieces
+                self.progress.wrote(message.record["documents"], message.record["tokens"])
         elif isinstance(message, TaskDone):
             self.task_done(message)
         elif isinstance(message, JobDone):

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import DataError
 from .tasks import LineRange, Task
-from .worker import SPLITS, Placement, Scanned, SealJob, Wrote
+from .worker import SPLITS, Piece, Placement, Scanned, SealJob
 
 
 class Scheduler:
@@ -93,12 +93,9 @@ class Scheduler:
         """Documents per split (those without tokens too), once every task is placed."""
         return dict(self.next_position) if self.all_placed else None
 
-    def wrote(self, message: Wrote) -> list[SealJob]:
-        """A committed shard or a piece of one; the seals this makes ready."""
+    def piece(self, message: Piece) -> list[SealJob]:
+        """A task's piece of a shard; the seals this makes ready."""
         key = (message.split, message.shard)
-        if message.record is not None:
-            self.records[key] = message.record
-            return []
         self.pieces[key].append(message.piece)
         self.filled[key] += message.piece["positions"]
         return self.ready()
@@ -117,7 +114,8 @@ class Scheduler:
                 jobs.append(SealJob(split, shard, tuple(sorted(self.pieces.pop(key), key=lambda p: p["task"]))))
         return jobs
 
-    def sealed(self, split: str, shard: int, record: dict[str, Any]) -> None:
+    def recorded(self, split: str, shard: int, record: dict[str, Any]) -> None:
+        """A shard committed (by the task that held it whole, or sealed)."""
         self.records[(split, shard)] = record
         self.sealing.discard((split, shard))
 

@@ -9,11 +9,11 @@ documents knows their positions, so:
   from many); it writes them, as they will lie in the shard, to a piece `.progress/pieces/SPLIT-NNNNNN-TTTTTTTT`
   (T: the task), and `seal` concatenates the shard's pieces in task order once all are written.
 
-`commit_shard` appends the tar trailer, fsyncs, renames the shard into place and records it in `.progress/` (its
-index rows, then its JSON record, written last: the mark that the shard is done). `load_progress` lists the shards
-a re-run may reuse and `verify_shard` checks one by size and sha256; `finish_split` writes a split's `index.npy`
-from the records (one shard's rows in memory at a time) and returns its manifest entry. `ShardWriter` writes the
-shards of a merge of slices (slices.py), sample by sample.
+`commit_shard` (what a `ShardCommit` runs) appends the tar trailer, fsyncs, renames the shard into place and
+records it in `.progress/` (its index rows, then its JSON record, written last: the mark that the shard is done).
+`load_progress` lists the shards a re-run may reuse and `verify_shard` checks one by size and sha256;
+`finish_split` writes a split's `index.npy` from the records (one shard's rows in memory at a time) and returns its
+manifest entry. `ShardWriter` writes the shards of a merge of slices (slices.py), sample by sample.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -76,13 +77,13 @@ class ShardPart:
         self.positions += 1
         self.no_tokens += 1
 
-    def finish(self) -> dict[str, Any]:
-        """A whole shard: commit it, its record. A piece: close it, its description for `seal`."""
+    def finish(self) -> ShardCommit | dict[str, Any]:
+        """A whole shard: what commits it. A piece: close it; its description for `seal`."""
         rows = np.array(self.rows, dtype=INDEX_DTYPE)
         if self.whole:
             if self.file is None:
                 self.file = open(self.path, "wb")
-            return commit_shard(self.out, self.split, self.shard, self.file, self.sha, self.size, rows, self.no_tokens)
+            return ShardCommit(self.out, self.split, self.shard, self.file, self.sha, self.size, rows, self.no_tokens)
         if self.file is not None:
             self.file.close()
         return {
@@ -99,6 +100,29 @@ class ShardPart:
     def abandon(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+@dataclass
+class ShardCommit:
+    """A shard written to its temporary file, to commit: `run()` (commit_shard, then deleting the pieces it was
+    sealed from) returns its record. A worker runs it on a thread of its own (module docstring of worker.py)."""
+
+    out: Path
+    split: str
+    shard: int
+    file: IO[bytes]
+    sha: Any
+    size: int
+    rows: np.ndarray
+    no_tokens: int
+    pieces: tuple[str, ...] = ()
+
+    def run(self) -> dict[str, Any]:
+        args = (self.file, self.sha, self.size, self.rows, self.no_tokens)
+        record = commit_shard(self.out, self.split, self.shard, *args)
+        for piece in self.pieces:
+            os.unlink(piece)
+        return record
 
 
 def commit_shard(
@@ -130,9 +154,9 @@ def commit_shard(
     return record
 
 
-def seal(out: Path, split: str, shard: int, pieces: list[dict[str, Any]]) -> dict[str, Any]:
-    """Write shard `shard` of `split` from its pieces (`ShardPart.finish()` of each task, in task order), commit it
-    and delete the pieces. Returns the shard's record."""
+def seal(out: Path, split: str, shard: int, pieces: list[dict[str, Any]]) -> ShardCommit:
+    """Write shard `shard` of `split` from its pieces (`ShardPart.finish()` of each task, in task order); what
+    commits it and deletes the pieces."""
     path = out / shard_name(split, shard)
     sha, size, rows = hashlib.sha256(), 0, []
     file = open(path.with_suffix(".tar.tmp"), "wb")
@@ -148,11 +172,8 @@ def seal(out: Path, split: str, shard: int, pieces: list[dict[str, Any]]) -> dic
         size += piece["bytes"]
     no_tokens = sum(piece["no_tokens"] for piece in pieces)
     index = np.concatenate(rows) if rows else np.zeros(0, dtype=INDEX_DTYPE)
-    record = commit_shard(out, split, shard, file, sha, size, index, no_tokens)
-    for piece in pieces:
-        if piece["path"] is not None:
-            os.unlink(piece["path"])
-    return record
+    paths = tuple(piece["path"] for piece in pieces if piece["path"] is not None)
+    return ShardCommit(out, split, shard, file, sha, size, index, no_tokens, paths)
 
 
 def load_progress(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
@@ -216,4 +237,4 @@ class ShardWriter:
 
     def commit(self) -> dict[str, Any]:
         rows = np.array(self.rows, dtype=INDEX_DTYPE)
-        return commit_shard(self.out, self.split, self.shard, self.file, self.sha, self.size, rows, self.no_tokens)
+        return ShardCommit(self.out, self.split, self.shard, self.file, self.sha, self.size, rows, self.no_tokens).run()
