@@ -19,7 +19,7 @@ from memformers.data import DataError, DocumentReader, read_manifest, shard_docu
 from memformers.data.prep import writer  # noqa: E402
 from memformers.data.prep.slices import IncompleteSlicesError, Part, plan_slices, slice_dir  # noqa: E402
 from memformers.data.prep.sources import ReadStats, RecordCheck, Tally  # noqa: E402
-from memformers.data.prep.tasks import TaskReader, plan_tasks  # noqa: E402
+from memformers.data.prep.tasks import LineRange, TaskReader, plan_tasks  # noqa: E402
 
 SETTINGS = dict(segment_length=48, val_fraction=0.3, docs_per_shard=7, skip_bad_records=True, workers=0, progress=False)
 NO_TOKENS = "#####"  # the test tokenizer deletes '#': a document without any token
@@ -151,10 +151,11 @@ def _task_documents(parts: list[Part], block: int) -> tuple[list[tuple[str, str,
     check, docs, stats, lines = RecordCheck(skip_bad_records=True), [], ReadStats(), {}
     for task in plan_tasks([p.as_tuple() for p in parts], block):
         reader, tally = TaskReader(task, check, "train", None), Tally()
-        offset = lines.get(task.source.location, 0)
+        file = task.source.location if isinstance(task, LineRange) else None
+        offset = lines.get(file, 0)
         docs += [(task.where(offset + d.number, "train"), d.text, d.doc_id) for d in reader.documents(tally)]
         stats.update(ReadStats.of(tally, lambda n: task.where(offset + n, "train")))
-        lines[task.source.location] = offset + reader.lines
+        lines[file] = offset + reader.lines
     return docs, stats
 
 

@@ -7,14 +7,15 @@ A task is one of:
   `block_bytes`; nothing is read to plan them. A range learns the number of its first line from the line counts
   of the ranges before it in the file (the scheduler's reply), so ranges are read in parallel. `count_only`
   ranges (the part of a file before a slice's own range) only count lines.
-* `WholeInput` — an input read from its start: a `.txt` file (one document), a compressed JSON lines file, a
-  JSON array, a Parquet file or a 🤗 dataset.
+* `WholeInput` — an input read from its start: a compressed JSON lines file, a JSON array, a Parquet file or a 🤗
+  dataset.
+* `TextFiles` — consecutive `.txt` files (one document each), up to `block_bytes` or MAX_FILES_PER_TASK of them.
 
 The tasks, in plan order, read the inputs' records in input order: concatenated, their documents are exactly
 those `DocumentReader` yields. A worker is handed a `Work`: a run of consecutive tasks of about `block_bytes` in all,
 so that a folder of small files does not cost a message per file.
 
-A task keeps the documents it scanned until it writes them when that is small (a range, a `.txt`); a whole
+A task keeps the documents it scanned until it writes them when that is small (a range, `.txt` files); a whole
 input otherwise is read twice (scan, then write), so a worker holds one batch of it at a time.
 """
 
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from .sources import Doc, RecordCheck, Source, Tally, read_input, where_of
+from .sources import Doc, RecordCheck, Source, Tally, read_input, read_text, where_of
 
 MIN_BLOCK_BYTES = 1 << 20
 MAX_BLOCK_BYTES = 64 << 20
@@ -57,29 +58,42 @@ class LineRange:
 
 @dataclass(frozen=True)
 class WholeInput:
-    """An input read from its start (a `.txt`, a compressed or array JSON file, Parquet, a 🤗 dataset)."""
+    """An input read from its start (a compressed or array JSON file, Parquet, a 🤗 dataset)."""
 
     source: Source
     array: bool = False  # a JSON file holding one array (its records are numbered by index)
     size: int = 0
-
-    @property
-    def count_only(self) -> bool:
-        return False
+    count_only = False
+    keeps_documents = False  # read again to write: it may be large
 
     @property
     def key(self) -> str:
         return self.source.location
 
-    @property
-    def keeps_documents(self) -> bool:
-        return self.source.kind == "text"
-
     def where(self, number: int, dataset_split: str) -> str:
         return where_of(self.source, number, array=self.array, dataset_split=dataset_split)
 
 
-Task = LineRange | WholeInput
+@dataclass(frozen=True)
+class TextFiles:
+    """Consecutive `.txt` inputs (one document each; document i is file i): one task for many small files, so that
+    the main process handles a message per group, not per file."""
+
+    sources: tuple[Source, ...]
+    size: int = 0
+    count_only = False
+    keeps_documents = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.sources[0].location}+{len(self.sources)}"
+
+    def where(self, number: int, dataset_split: str) -> str:
+        return self.sources[number].location
+
+
+Task = LineRange | WholeInput | TextFiles
+MAX_FILES_PER_TASK = 4096
 
 
 @dataclass(frozen=True)
@@ -107,15 +121,24 @@ def plan_tasks(parts: list[tuple[Source, int | None, int | None]], block_bytes: 
     counted by count-only ranges so that line numbers are the file's."""
     tasks: list[Task] = []
     for source, start, end in parts:
-        if start is not None or _is_line_range(source):
-            size = source.size
-            first, last = (0, size) if start is None else (start, end)
-            tasks += [LineRange(source, a, min(a + block_bytes, first), True) for a in range(0, first, block_bytes)]
-            tasks += [LineRange(source, a, min(a + block_bytes, last)) for a in range(first, last, block_bytes)]
+        if source.kind == "text":
+            last = tasks[-1] if tasks else None
+            if isinstance(last, TextFiles) and last.size < block_bytes and len(last.sources) < MAX_FILES_PER_TASK:
+                tasks[-1] = TextFiles((*last.sources, source), last.size + source.size)
+            else:
+                tasks.append(TextFiles((source,), source.size))
+        elif start is not None or _is_line_range(source):
+            first, last_byte = (0, source.size) if start is None else (start, end)
+            tasks += _ranges(source, 0, first, block_bytes, count_only=True)
+            tasks += _ranges(source, first, last_byte, block_bytes, count_only=False)
         else:
             array = source.kind == "json" and source.is_json_array()
             tasks.append(WholeInput(source, array, source.size))
     return tasks
+
+
+def _ranges(source: Source, start: int, end: int, block_bytes: int, *, count_only: bool) -> list[LineRange]:
+    return [LineRange(source, a, min(a + block_bytes, end), count_only) for a in range(start, end, block_bytes)]
 
 
 def plan_work(tasks: list[tuple[int, Task]], block_bytes: int) -> list[Work]:
@@ -152,11 +175,17 @@ class TaskReader:
     def documents(self, tally: Tally) -> Iterator[Doc]:
         """Read the task's records, counting into `tally`; RecordError at a bad record unless skipped."""
         task = self.task
-        if isinstance(task, WholeInput):
+        if isinstance(task, TextFiles):
+            for number, source in enumerate(task.sources):
+                yield from read_text(source, self.check, tally, number)
+        elif isinstance(task, WholeInput):
             yield from read_input(
                 task.source, self.check, tally, dataset_split=self.dataset_split, dataset_config=self.dataset_config
             )
-            return
+        else:
+            yield from self._lines(task, tally)
+
+    def _lines(self, task: LineRange, tally: Tally) -> Iterator[Doc]:
         with open(task.source.location, "rb", buffering=1 << 20) as f:
             start, end = _line_start(f, task.start), _line_start(f, task.end)
             f.seek(start)
@@ -164,8 +193,11 @@ class TaskReader:
         self.lines = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
         if task.count_only:
             return
-        json_line = self.check.json_line
-        for number, line in enumerate(data.split(b"\n"), 1):  # as iterating the file: only b"\n" ends a line
+        json_line, begin, number = self.check.json_line, 0, 0
+        while begin < len(data):  # line by line, as iterating the file does (only b"\n" ends a line)
+            stop = data.find(b"\n", begin)
+            stop = len(data) if stop < 0 else stop
+            line, begin, number = data[begin:stop], stop + 1, number + 1
             if line and not line.isspace():  # blank lines are not records
                 doc = json_line(line, number, tally)
                 if doc is not None:
