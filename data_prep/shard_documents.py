@@ -59,8 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         metavar="N",
-        help="worker processes: they read, tokenize and write; this one only keeps the order (default: CPU count; "
-        "0: all in this process)",
+        help="worker processes: they read, tokenize and write; this one only keeps the order (default: the CPUs "
+        "this process may use; 0: all in this process)",
     )
     p.add_argument(
         "--block-bytes",

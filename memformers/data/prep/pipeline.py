@@ -42,6 +42,7 @@ from .tasks import Task, block_size, plan_tasks, plan_work
 from .worker import (
     Failed,
     JobDone,
+    MergeJob,
     Piece,
     Recorded,
     Scanned,
@@ -78,6 +79,14 @@ class Job:
         return ["train", "val"] if self.settings["val_fraction"] > 0 else ["train"]
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (Slurm's and taskset's limits; os.cpu_count() counts the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _check_numbers(segment_length: int, docs_per_shard: int, val_fraction: float, workers: int) -> None:
     if segment_length < 1:
         raise DataError(f"--segment-length must be >= 1, got {segment_length}")
@@ -98,7 +107,7 @@ def make_job(
 ) -> Job:
     """Check the arguments, resolve the inputs, load the tokenizer; the run's settings and state."""
     o = options
-    workers = (os.cpu_count() or 1) if o["workers"] is None else o["workers"]
+    workers = available_cpus() if o["workers"] is None else o["workers"]
     _check_numbers(segment_length, o["docs_per_shard"], o["val_fraction"], workers)
     if o["block_bytes"] is not None and o["block_bytes"] < 1:
         raise DataError(f"--block-bytes must be >= 1, got {o['block_bytes']}")
@@ -162,31 +171,56 @@ def tokenize_into(
     _remove_leftovers(out, job.splits, candidates)
     total = sum(part.size if start is None else end - start for part, start, end in parts)
     block = job.block_bytes or block_size(total, job.workers)
-    settings = job.settings
-    setup = WorkerSetup(
-        out=out,
-        encoder=EncoderSetup(
-            tok.backend_tokenizer.to_str(),
-            sentence_end_table(tok),
-            settings["segment_length"],
-            token_dtype(len(tok)).str,
-        ),
-        check=RecordCheck(settings["text_field"], settings["id_field"], settings["skip_bad_records"]),
-        docs_per_shard=settings["docs_per_shard"],
-        val_fraction=settings["val_fraction"],
-        dataset_split=settings["dataset_split"],
-        dataset_config=settings["dataset_config"],
-        resuming=bool(candidates),
-    )
-    executor = ProcessExecutor(setup, job.workers) if job.workers > 0 else InlineExecutor(setup)
+    executor = _executor(job, out, tok, resuming=bool(candidates))
     failed = True
     try:
-        run = _Run(out, plan_tasks(parts, block), block, executor, settings["docs_per_shard"])
+        run = _Run(out, plan_tasks(parts, block), block, executor, job.settings["docs_per_shard"])
         result = run.start(candidates, label, job.progress, total)
         failed = False
     finally:
         executor.close(failed)
     return Tokenized(result.records, result.reused, result.positions, result.stats, result.tokens, tok)
+
+
+def _executor(job: Job, out: Path, tok: Any, resuming: bool) -> InlineExecutor | ProcessExecutor:
+    """`job.workers` worker processes writing into `out` (none: this process) with the tokenizer copy `tok`."""
+    settings = job.settings
+    encoder = EncoderSetup(
+        tok.backend_tokenizer.to_str(), sentence_end_table(tok), settings["segment_length"], token_dtype(len(tok)).str
+    )
+    setup = WorkerSetup(
+        out=out,
+        encoder=encoder,
+        check=RecordCheck(settings["text_field"], settings["id_field"], settings["skip_bad_records"]),
+        docs_per_shard=settings["docs_per_shard"],
+        val_fraction=settings["val_fraction"],
+        dataset_split=settings["dataset_split"],
+        dataset_config=settings["dataset_config"],
+        resuming=resuming,
+    )
+    return ProcessExecutor(setup, job.workers) if job.workers > 0 else InlineExecutor(setup)
+
+
+def run_merge_jobs(job: Job, tok: Any, jobs: list[MergeJob]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The shards of a merge of slices, written by the workers (each job one shard); their records."""
+    executor, records, queue, outstanding = _executor(job, job.out, tok, resuming=False), {}, list(jobs), 0
+    failed = True
+    try:
+        while queue or outstanding:
+            while queue and outstanding < executor.capacity:
+                executor.submit(queue.pop())
+                outstanding += 1
+            _, message = executor.next_event()
+            if isinstance(message, Recorded):
+                records[(message.split, message.shard)] = message.record
+            elif isinstance(message, JobDone):
+                outstanding -= 1
+            elif isinstance(message, Failed):
+                raise message.error or RuntimeError(f"a sharding worker failed:\n{message.traceback}")
+        failed = False
+    finally:
+        executor.close(failed)
+    return records
 
 
 def _remove_leftovers(out: Path, splits: list[str], kept: dict[tuple[str, int], dict[str, Any]]) -> None:

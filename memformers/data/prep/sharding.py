@@ -47,8 +47,9 @@ def shard_documents(
 ) -> ShardingSummary:
     """Tokenize, segment and shard `inputs` into the SHARD_DIR `output` (see the module docstring).
 
-    `workers` worker processes (default: the CPU count; 0: all in this process); `block_bytes`: input bytes per
-    unit of work (default: about 4 per worker, 1 to 64 MiB; the output does not depend on it). With `num_slices`
+    `workers` worker processes (default: the CPUs this process may use; 0: all in this process); `block_bytes`:
+    input bytes per unit of work (default: about 4 per worker, 1 to 64 MiB; the output does not depend on it). With
+    `num_slices`
     N, either `slice_index` I (0-based) tokenizes only slice I into `output/.slices/`, or `merge=True`
     merges the N finished slices into the same SHARD_DIR this function writes without them (slices.py;
     IncompleteSlicesError when slices are missing). Returns the summary; raises DataError

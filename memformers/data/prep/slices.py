@@ -19,7 +19,7 @@ Either way the slices' documents, concatenated in slice order, are the single-pr
 A slice beginning inside a file reads that file's bytes before its range once, only to count lines (a
 sample names its source as `file:line`); it tokenizes nothing outside its range.
 
-A slice (`shard_slice`) runs the single-process pipeline (pipeline.tokenize_into) over its documents into
+A slice (`shard_slice`) runs the pipeline of a single run (pipeline.tokenize_into) over its parts into
 its own folder, `SHARD_DIR/.slices/slice-IIIII/`, a small shard directory with shards numbered from 0 in
 the slice, its own `.progress/` and tokenizer copy, and `slice.json`, written last, which marks the slice
 done: its state (settings, inputs, N, I), its parts, the positions each split took (documents, those
@@ -31,10 +31,11 @@ The merge (`merge_slices`) checks that all N slices are done with this run's set
 (IncompleteSlicesError naming the others: exit status 1 of the script), then re-numbers the samples: the
 n-th document of a split over all slices (slice I's local position plus the positions of the slices
 before it) goes to shard n // K, position n % K, exactly as in a single run. Only the tar headers of each
-sample change (its key `{split}-{shard:06d}-{pos:06d}`); the token arrays are copied as they are. It
-writes the tokenizer copy, the shards, each `index.npy` and `manifest.json` (stats summed over the
-slices), then removes `.slices/`. Re-running it after that does nothing; an interrupted merge starts over
-from the slices, which are only removed at the end.
+sample change (its key `{split}-{shard:06d}-{pos:06d}`); the token arrays are copied as they are. Each merged
+shard is one job (`merge_jobs`) that a worker process writes (`--workers`; writer.remap: re-key, CRC-32, sha256,
+commit), so the merge scales with the merge job's cores like the slices. It writes the tokenizer copy, the shards,
+each `index.npy` and `manifest.json` (stats summed over the slices), then removes `.slices/`. Re-running it after
+that does nothing; an interrupted merge starts over from the slices, which are only removed at the end.
 """
 
 from __future__ import annotations
@@ -45,17 +46,13 @@ import json
 import os
 import shutil
 import time
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from memformers.files import write_json_atomic
 
-from ..errors import DataError, ShardError
-from ..format.reader import SplitReader
-from ..format.samples import key_of, parse_sample_key, rekey, sample_key
+from ..errors import DataError, IncompleteSlicesError
 from .output import (
     OWNED,
     PROGRESS_DIR,
@@ -67,16 +64,22 @@ from .output import (
     refusal,
     remove_entries,
 )
-from .pipeline import Job, check_written, copy_tokenizer, make_job, read_statistics, tokenize_into, write_manifest
+from .pipeline import (
+    Job,
+    check_written,
+    copy_tokenizer,
+    make_job,
+    read_statistics,
+    run_merge_jobs,
+    tokenize_into,
+    write_manifest,
+)
 from .sources import ReadStats, Source
 from .summary import ShardingSummary
-from .writer import ShardWriter, finish_split
+from .worker import MergeJob
+from .writer import SliceRun, finish_split
 
 SLICE_INFO = "slice.json"
-
-
-class IncompleteSlicesError(DataError):
-    """The merge found slices missing, unfinished, damaged or made with other settings (named in the message)."""
 
 
 def slice_dir(out: Path, index: int) -> Path:
@@ -308,9 +311,8 @@ def merge_slices(job: Job, count: int, overwrite: bool, started: float) -> Shard
         (out / split).mkdir(parents=True)
     (out / PROGRESS_DIR).mkdir()
     tok = copy_tokenizer(job, out)
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    for split in job.splits:
-        _merge_split(out, split, slices, job.settings["docs_per_shard"], records)
+    jobs = [j for split in job.splits for j in merge_jobs(split, slices, job.settings["docs_per_shard"])]
+    records = run_merge_jobs(job, tok, jobs)
     stats = _sum_statistics([s.info["stats"] for s in slices])
     examples = _examples([s.info for s in slices])
     check_written(stats, examples.bad_record_examples)
@@ -321,7 +323,7 @@ def merge_slices(job: Job, count: int, overwrite: bool, started: float) -> Shard
         manifest,
         out,
         seconds=time.perf_counter() - started,
-        workers=0,
+        workers=job.workers,
         label=f"shard directory (merged from {count} slice{'s' if count > 1 else ''})",
         shards_written=len(records),
         ignored_files=job.reader.stats.ignored_files,
@@ -388,80 +390,22 @@ def _sum_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return total | {"skipped": skipped}
 
 
-def _merge_split(out: Path, split: str, slices: list[_Slice], docs_per_shard: int, records: dict) -> None:
-    """Write the shards of `split` from the slices' samples, re-numbered over all slices."""
-    merger = _SplitMerger(out, split, docs_per_shard, sum(s.info["positions"][split] for s in slices), records)
-    base = 0
+def merge_jobs(split: str, slices: list[_Slice], docs_per_shard: int) -> list[MergeJob]:
+    """The merge of `split` as one job per merged shard: position n over all slices (slice I's local position plus
+    the positions of the slices before it, documents without tokens counted) goes to shard n // K, position n % K,
+    as in a single run; every shard up to the last position is written (an all-`no_tokens` one too, empty)."""
+    spans, base = [], 0  # each slice's positions [base, base + n) over all slices
     for s in slices:
-        for local, sample, tokens, segments in _slice_samples(s, split, docs_per_shard):
-            merger.add(base + local, sample, tokens, segments)
+        spans.append((s, base, s.info["positions"][split]))
         base += s.info["positions"][split]
-    merger.finish()
-
-
-class _SplitMerger:
-    """Samples of one split, in order, into the shards of the SHARD_DIR: position n (over all slices, those
-    without tokens counted) → shard n // K, position n % K; every shard up to the last position is written,
-    as the single-process run writes it (an all-`no_tokens` shard too, empty)."""
-
-    def __init__(self, out: Path, split: str, docs_per_shard: int, positions: int, records: dict) -> None:
-        self.out, self.split, self.docs_per_shard, self.records = out, split, docs_per_shard, records
-        self.positions = positions
-        self.writer: ShardWriter | None = None
-        self.next_shard = 0
-
-    def add(self, n: int, sample: bytes, tokens: int, segments: int) -> None:
-        shard, pos = divmod(n, self.docs_per_shard)
-        while self.next_shard <= shard:
-            self._open_next()
-        sample = rekey(sample, sample_key(self.split, shard, pos))
-        self.writer.add(sample, tokens, segments, zlib.crc32(sample))
-
-    def finish(self) -> None:
-        while self.next_shard < -(-self.positions // self.docs_per_shard):
-            self._open_next()
-        self._commit()
-
-    def _open_next(self) -> None:
-        self._commit()
-        self.writer = ShardWriter(self.out, self.split, self.next_shard)
-        self.next_shard += 1
-
-    def _commit(self) -> None:
-        if self.writer is None:
-            return
-        writer, self.writer = self.writer, None
-        size = min(self.docs_per_shard, self.positions - writer.shard * self.docs_per_shard)
-        writer.no_tokens = size - len(writer.rows)
-        self.records[(self.split, writer.shard)] = writer.commit()
-
-
-def _slice_samples(s: _Slice, split: str, docs_per_shard: int) -> Iterator[tuple[int, bytes, int, int]]:
-    """(local position, sample bytes, tokens, segments) of each sample of `split` in slice `s`, in order;
-    IncompleteSlicesError when a sample does not match the slice's index (a damaged slice)."""
-    try:
-        reader = SplitReader(s.directory, split, s.info)  # slice.json holds the manifest's `splits` entries
-        try:
-            for doc, row in enumerate(reader.index):
-                sample = reader.read_span(doc)
-                yield (
-                    _local_position(sample, split, docs_per_shard),
-                    sample,
-                    int(row["num_tokens"]),
-                    int(row["num_segments"]),
-                )
-        finally:
-            reader.close()
-    except ShardError as exc:
-        raise IncompleteSlicesError(
-            f"slice {s.index} is damaged: {exc}; delete {s.directory}, run slice {s.index} again, then merge again"
-        ) from exc
-
-
-def _local_position(sample: bytes, split: str, docs_per_shard: int) -> int:
-    """The position in its slice of a sample keyed `{split}-{shard}-{pos}`: shard * K + pos."""
-    key = key_of(sample)
-    prefix, shard, pos = parse_sample_key(key)
-    if prefix != split:
-        raise DataError(f"sample {key} found in split {split!r}")
-    return shard * docs_per_shard + pos
+    jobs = []
+    for shard in range(-(-base // docs_per_shard)):
+        low, high = shard * docs_per_shard, min(base, (shard + 1) * docs_per_shard)
+        runs = tuple(
+            SliceRun(str(s.directory), s.info["splits"][split], max(low, first) - first,
+                     min(high, first + n) - first, first)
+            for s, first, n in spans
+            if first < high and low < first + n
+        )  # fmt: skip
+        jobs.append(MergeJob(split, shard, runs, high - low))
+    return jobs

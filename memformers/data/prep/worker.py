@@ -9,6 +9,7 @@ It runs three kinds of jobs (executor.py hands them over, in a worker process or
   its shard: a shard the task holds whole it commits (`Commit` → `Recorded`), of the others it reports its `Piece`.
   Last `TaskDone` (what was read, tokens written).
 * `SealJob`: a shard from its pieces (writer.seal) → `Commit` → `Recorded`.
+* `MergeJob`: a shard of a merge of slices from their samples (writer.remap) → `Commit` → `Recorded`.
 * `VerifyJob`: a shard a previous run recorded, checked by size and sha256 → `Verified`.
 
 A job is a generator of these messages; it yields `Wait(task)` where it needs the task's placement, and is sent it.
@@ -27,7 +28,7 @@ from typing import Any
 from .encoding import Encoded, Encoder, EncoderSetup
 from .sources import Doc, ReadStats, RecordCheck, RecordError, Tally
 from .tasks import Task, TaskReader, Work
-from .writer import ShardCommit, ShardPart, seal, verify_shard
+from .writer import ShardCommit, ShardPart, SliceRun, remap, seal, verify_shard
 
 SPLITS = ("train", "val")
 BATCH_CHARS = 1 << 20  # texts tokenized at once: long enough to amortise the calls, short enough to bound memory
@@ -118,6 +119,16 @@ class SealJob:
 
 
 @dataclass(frozen=True)
+class MergeJob:
+    """A shard of a merge of slices, from the slices' samples (writer.remap)."""
+
+    split: str
+    shard: int
+    runs: tuple[SliceRun, ...]
+    positions: int
+
+
+@dataclass(frozen=True)
 class VerifyJob:
     split: str
     shard: int
@@ -166,9 +177,13 @@ class Worker:
         self.setup = setup
         self.encoder = Encoder(setup.encoder)
 
-    def run(self, job: Work | SealJob | VerifyJob) -> Iterator[Any]:
+    def run(self, job: Work | SealJob | MergeJob | VerifyJob) -> Iterator[Any]:
+        out = self.setup.out
         if isinstance(job, SealJob):
-            yield Commit(job.split, job.shard, False, seal(self.setup.out, job.split, job.shard, list(job.pieces)))
+            yield Commit(job.split, job.shard, False, seal(out, job.split, job.shard, list(job.pieces)))
+        elif isinstance(job, MergeJob):
+            pending = remap(out, job.split, job.shard, self.setup.docs_per_shard, job.runs, job.positions)
+            yield Commit(job.split, job.shard, False, pending)
         elif isinstance(job, VerifyJob):
             yield Verified(job.split, job.shard, verify_shard(self.setup.out, job.record))
         else:

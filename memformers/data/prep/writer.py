@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -30,8 +31,10 @@ import numpy as np
 
 from memformers.files import fsync_dir, write_json_atomic
 
+from ..errors import IncompleteSlicesError, ShardError
 from ..format.manifest import INDEX_DTYPE
-from ..format.samples import file_sha256, tar_trailer
+from ..format.reader import SplitReader
+from ..format.samples import file_sha256, key_of, parse_sample_key, rekey, sample_key, tar_trailer
 from .output import PROGRESS_DIR
 
 PIECES = "pieces"  # under PROGRESS_DIR
@@ -174,6 +177,62 @@ def seal(out: Path, split: str, shard: int, pieces: list[dict[str, Any]]) -> Sha
     index = np.concatenate(rows) if rows else np.zeros(0, dtype=INDEX_DTYPE)
     paths = tuple(piece["path"] for piece in pieces if piece["path"] is not None)
     return ShardCommit(out, split, shard, file, sha, size, index, no_tokens, paths)
+
+
+@dataclass(frozen=True)
+class SliceRun:
+    """Samples of one slice that go to one shard of a merge: those at positions [first, end) of the split in the
+    slice (its folder, and its slice.json's `splits` entry for the split), at position `base` + p in the merge."""
+
+    directory: str
+    entry: dict[str, Any]
+    first: int
+    end: int
+    base: int
+
+
+def remap(out: Path, split: str, shard: int, docs_per_shard: int, runs: tuple[SliceRun, ...], positions: int):
+    """Shard `shard` of `split` of a merge of slices (slices.py): the runs' samples in order, each re-keyed to its
+    position in the merged split (only the tar headers change), checksummed and hashed; what commits it.
+    `positions`: the shard's size, documents without tokens included. IncompleteSlicesError for a damaged slice."""
+    file = open((out / shard_name(split, shard)).with_suffix(".tar.tmp"), "wb", buffering=1 << 20)
+    sha, size, rows = hashlib.sha256(), 0, []
+    for run in runs:
+        try:
+            samples = list(_slice_samples(run, split, docs_per_shard))
+        except (ShardError, ValueError) as error:
+            raise IncompleteSlicesError(
+                f"{run.directory} is damaged ({error}): delete it, run that slice again, then merge again"
+            ) from error
+        for position, span, row in samples:
+            merged = run.base + position - shard * docs_per_shard
+            sample = rekey(span, sample_key(split, shard, merged))
+            crc = zlib.crc32(sample)
+            rows.append((shard, size, len(sample), int(row["num_tokens"]), int(row["num_segments"]), crc))
+            file.write(sample)
+            sha.update(sample)
+            size += len(sample)
+    index = np.array(rows, dtype=INDEX_DTYPE)
+    return ShardCommit(out, split, shard, file, sha, size, index, positions - len(rows))
+
+
+def _slice_samples(run: SliceRun, split: str, docs_per_shard: int):
+    """(position in the slice, sample bytes, index row) of the run's samples, in order."""
+    reader = SplitReader(run.directory, split, {"splits": {split: run.entry}})
+    try:
+        shards = reader.index["shard"]
+        low = int(np.searchsorted(shards, run.first // docs_per_shard, "left"))
+        high = int(np.searchsorted(shards, (run.end - 1) // docs_per_shard, "right"))
+        for doc in range(low, high):
+            span = reader.read_span(doc)
+            prefix, local_shard, position = parse_sample_key(key_of(span))
+            position += local_shard * docs_per_shard
+            if prefix != split:
+                raise ValueError(f"sample {key_of(span)} found in split {split!r}")
+            if run.first <= position < run.end:
+                yield position, span, reader.index[doc]
+    finally:
+        reader.close()
 
 
 def load_progress(out: Path) -> dict[tuple[str, int], dict[str, Any]]:
