@@ -82,11 +82,11 @@ def bench_sharding(
 
     def shard(workers: int, corpus: Path = corpus) -> tuple[int, float, float, float]:
         out = root / f"shards-w{workers}"
+        shutil.rmtree(out, ignore_errors=True)  # the previous repeat's: deleting it is no part of sharding
         cpu, children = time.process_time(), _children_cpu()
         summary = shard_documents(
-            [str(corpus)], tokenizer_dir, out, SEGMENT_LENGTH, workers=workers, val_fraction=0.01,
-            overwrite=True, progress=False,
-        )  # fmt: skip
+            [str(corpus)], tokenizer_dir, out, SEGMENT_LENGTH, workers=workers, val_fraction=0.01, progress=False
+        )
         return summary.tokens_this_run, summary.seconds, time.process_time() - cpu, _children_cpu() - children
 
     load_before = os.getloadavg()

@@ -36,8 +36,12 @@ BATCH_CHARS = 1 << 20  # texts tokenized at once: long enough to amortise the ca
 
 def split_of(utf8: bytes, val_fraction: float) -> str:
     """'val' or 'train' for a document's UTF-8 text: a stable hash, independent of order and run."""
-    value = int.from_bytes(hashlib.blake2b(utf8, digest_size=8).digest(), "little")
-    return "val" if value < val_fraction * 2.0**64 else "train"
+    return "val" if is_val(utf8, val_fraction * 2.0**64) else "train"
+
+
+def is_val(utf8: bytes, threshold: float) -> bool:
+    """`split_of(utf8, f) == "val"` with threshold f * 2**64 (computed once per task, not per document)."""
+    return int.from_bytes(hashlib.blake2b(utf8, digest_size=8).digest(), "little") < threshold
 
 
 # -- messages --------------------------------------------------------------------------------------------------------
@@ -214,10 +218,10 @@ class Worker:
         tally, splits, keep = Tally(), bytearray(), task.keeps_documents
         docs: list[Doc] | None = [] if keep else None
         scan = _Scan(reader, tally, splits, docs, {})
-        val_fraction = setup.val_fraction
+        threshold = setup.val_fraction * 2.0**64
         try:
             for doc in reader.documents(tally):
-                splits.append(val_fraction > 0 and split_of(doc.utf8, val_fraction) == "val")
+                splits.append(threshold > 0 and is_val(doc.utf8, threshold))
                 if keep:
                     docs.append(doc._replace(utf8=b""))  # the bytes were only for the split's hash
         except RecordError as bad:
