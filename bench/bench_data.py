@@ -64,8 +64,7 @@ def bench_sharding(
 ) -> tuple[list[Result], Path]:
     from tokenizers import Tokenizer
 
-    backend = Tokenizer.from_str(load_tokenizer(tokenizer_dir).backend_tokenizer.to_str())
-    backend.encode_special_tokens = True
+    spec = load_tokenizer(tokenizer_dir).backend_tokenizer.to_str()
     chunks, chunk, size = [], [], 0
     for text in texts:
         chunk.append(text)
@@ -76,6 +75,8 @@ def bench_sharding(
     chunks.append(chunk)
 
     def baseline() -> tuple[int, float, float, float]:
+        backend = Tokenizer.from_str(spec)  # a fresh one each run, as each run's workers make theirs
+        backend.encode_special_tokens = True
         start, cpu = time.perf_counter(), time.process_time()
         tokens = sum(len(e.ids) for c in chunks for e in backend.encode_batch_fast(c, add_special_tokens=False))
         return tokens, time.perf_counter() - start, time.process_time() - cpu, 0.0
@@ -92,8 +93,9 @@ def bench_sharding(
     load_before = os.getloadavg()
     runs: dict[str, list[tuple[float, float, float]]] = {"baseline": [], "w1": [], "w2": []}
     tokens = {}
-    for _ in range(repeats):  # interleaved, so machine noise hits all alike
-        for name, fn in (("baseline", baseline), ("w1", lambda: shard(1)), ("w2", lambda: shard(2))):
+    order = [("baseline", baseline), ("w1", lambda: shard(1)), ("w2", lambda: shard(2))]
+    for repeat in range(repeats):  # interleaved, each first in turn, so that machine noise hits all alike
+        for name, fn in order[repeat % 3 :] + order[: repeat % 3]:
             tokens[name], seconds, main_cpu, worker_cpu = fn()
             runs[name].append((tokens[name] / seconds, main_cpu / tokens[name], worker_cpu / tokens[name]))
     assert tokens["baseline"] == tokens["w1"] == tokens["w2"], tokens
@@ -266,7 +268,7 @@ def run(quick: bool = False) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         root = Path(tmp)
         corpus, tokenizer_dir, texts = _corpus(root, 4000 if quick else 20000)
-        results, shards = bench_sharding(root, corpus, tokenizer_dir, texts, repeats=1 if quick else 3)
+        results, shards = bench_sharding(root, corpus, tokenizer_dir, texts, repeats=1 if quick else 6)
         results += bench_loader(shards, batches=2000 if quick else 10000, steps=10 if quick else 30)
         if not quick:
             results += bench_memory(root, corpus, tokenizer_dir, texts)

@@ -349,10 +349,12 @@ class Failed:
 def serve(index: int, setup: WorkerSetup, jobs: Any, events: Any, placements: Any, parent: int) -> None:
     """A worker process: run jobs from `jobs` until None, sending (index, message) to `events`; a Wait is answered
     on the `placements` pipe. Exits when the parent process is gone."""
+    import gc
     import traceback
 
     from ..errors import DataError
 
+    gc.freeze()  # what the parent left (modules, its data) is never collected here: no walking, no copied pages
     worker, committer = Worker(setup), _Committer(index, events)
     try:
         while (job := _next_job(jobs, parent)) is not None:
