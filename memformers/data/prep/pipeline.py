@@ -171,7 +171,7 @@ def tokenize_into(
     _remove_leftovers(out, job.splits, candidates)
     total = sum(part.size if start is None else end - start for part, start, end in parts)
     block = job.block_bytes or block_size(total, job.workers)
-    executor = _executor(job, out, tok, resuming=bool(candidates))
+    executor = _executor(job, out, tok)
     failed = True
     try:
         run = _Run(out, plan_tasks(parts, block), block, executor, job.settings["docs_per_shard"])
@@ -182,7 +182,7 @@ def tokenize_into(
     return Tokenized(result.records, result.reused, result.positions, result.stats, result.tokens, tok)
 
 
-def _executor(job: Job, out: Path, tok: Any, resuming: bool) -> InlineExecutor | ProcessExecutor:
+def _executor(job: Job, out: Path, tok: Any) -> InlineExecutor | ProcessExecutor:
     """`job.workers` worker processes writing into `out` (none: this process) with the tokenizer copy `tok`."""
     settings = job.settings
     encoder = EncoderSetup(
@@ -196,14 +196,13 @@ def _executor(job: Job, out: Path, tok: Any, resuming: bool) -> InlineExecutor |
         val_fraction=settings["val_fraction"],
         dataset_split=settings["dataset_split"],
         dataset_config=settings["dataset_config"],
-        resuming=resuming,
     )
     return ProcessExecutor(setup, job.workers) if job.workers > 0 else InlineExecutor(setup)
 
 
 def run_merge_jobs(job: Job, tok: Any, jobs: list[MergeJob]) -> dict[tuple[str, int], dict[str, Any]]:
     """The shards of a merge of slices, written by the workers (each job one shard); their records."""
-    executor, records, queue, outstanding = _executor(job, job.out, tok, resuming=False), {}, list(jobs), 0
+    executor, records, queue, outstanding = _executor(job, job.out, tok), {}, list(jobs), 0
     failed = True
     try:
         while queue or outstanding:

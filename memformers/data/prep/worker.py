@@ -1,13 +1,14 @@
 """A sharding worker: reads, checks, splits, tokenizes, segments and encodes documents and writes shards.
 
-It runs three kinds of jobs (executor.py hands them over, in a worker process or in the main process):
+It runs four kinds of jobs (executor.py hands them over, in a worker process or in the main process):
 
 * `Work` (tasks.py): for each task, a scan — read the task's records, check them, give each document its split
-  (`split_of`) — reported as `Scanned` (documents per split, lines). A task that holds its documents tokenizes them
-  right away; then, task by task, the worker waits for the task's `Placement` (the positions of its first document
-  in each split, the number of lines before it in its file, the shards already done) and writes each document into
-  its shard: a shard the task holds whole it commits (`Commit` → `Recorded`), of the others it reports its `Piece`.
-  Last `TaskDone` (what was read, tokens written).
+  (`split_of`) — reported as `Scanned` (documents per split, lines). Then, task by task, the worker waits for the
+  task's `Placement` (the positions of its first document in each split, the number of lines before it in its
+  file, the shards already done: it is nearly always there, the earlier tasks having been scanned long before) and
+  tokenizes, encodes and writes its documents batch by batch into their shards: a shard the task holds whole it
+  commits (`Commit` → `Recorded`), of the others it reports its `Piece`. Last `TaskDone` (what was read, tokens
+  written).
 * `SealJob`: a shard from its pieces (writer.seal) → `Commit` → `Recorded`.
 * `MergeJob`: a shard of a merge of slices from their samples (writer.remap) → `Commit` → `Recorded`.
 * `VerifyJob`: a shard a previous run recorded, checked by size and sha256 → `Verified`.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .encoding import Encoded, Encoder, EncoderSetup
+from .encoding import Encoder, EncoderSetup
 from .sources import Doc, ReadStats, RecordCheck, RecordError, Tally
 from .tasks import Task, TaskReader, Work
 from .writer import ShardCommit, ShardPart, SliceRun, remap, seal, verify_shard
@@ -160,7 +161,6 @@ class WorkerSetup:
     val_fraction: float
     dataset_split: str
     dataset_config: str | None
-    resuming: bool  # a previous run's shards are kept: tokenize only once placed, what is not done
 
 
 @dataclass
@@ -173,7 +173,6 @@ class _Scan:
     docs: list[Doc] | None
     positions: dict[str, int]
     bad: RecordError | None = None
-    encoded: list[Encoded | None] | None = None
 
 
 class Worker:
@@ -202,10 +201,6 @@ class Worker:
             scans.append(scan)
             if scan.bad is not None:
                 break
-        if not self.setup.resuming:  # tokenize while the earlier tasks' scans come in
-            for scan in scans:
-                if scan.docs:
-                    scan.encoded = self.encode_all([doc.text for doc in scan.docs])
         for index, (task, scan) in enumerate(zip(job.tasks, scans), job.first):
             placement = yield Wait(index)
             if scan.bad is not None:
@@ -230,12 +225,6 @@ class Worker:
         scan.positions = {"train": len(splits) - val, "val": val}
         return scan
 
-    def encode_all(self, texts: list[str]) -> list[Encoded | None]:
-        encoded: list[Encoded | None] = []
-        for batch in _batches(texts):
-            encoded += self.encoder.encode(batch)
-        return encoded
-
     def write(self, index: int, task: Task, scan: _Scan, placement: Placement) -> Iterator[Any]:
         """Write the task's documents into their shards (reading a whole input again where it was not kept)."""
         writer = _TaskWriter(self, index, scan, placement)
@@ -244,9 +233,8 @@ class Worker:
         else:
             docs = scan.reader.documents(Tally())  # the same documents as the scan's, read again
         documents = 0
-        for batch in _doc_batches(docs):
-            encoded = scan.encoded[documents : documents + len(batch)] if scan.encoded else None
-            yield from writer.add(batch, task, encoded)
+        for batch in _doc_batches(docs):  # tokenized, encoded and written batch by batch: the ids stay in cache
+            yield from writer.add(batch, task)
             documents += len(batch)
         yield from writer.finish()
         stats = ReadStats.of(scan.tally, lambda n: task.where(placement.line_offset + n, self.setup.dataset_split))
@@ -265,7 +253,7 @@ class _TaskWriter:
         self.position = 0  # documents of the task so far
         self.tokens = 0
 
-    def add(self, docs: list[Doc], task: Task, encoded: list[Encoded | None] | None) -> Iterator[Piece | Commit]:
+    def add(self, docs: list[Doc], task: Task) -> Iterator[Piece | Commit]:
         places, todo = [], []
         for i, doc in enumerate(docs):
             split = SPLITS[self.scan.splits[self.position + i]]
@@ -275,10 +263,7 @@ class _TaskWriter:
                 places.append((doc, split, shard, position))
                 todo.append(i)
         self.position += len(docs)
-        if encoded is None:
-            encoded = self.worker.encoder.encode([docs[i].text for i in todo])
-        else:
-            encoded = [encoded[i] for i in todo]
+        encoded = self.worker.encoder.encode([docs[i].text for i in todo])
         line_offset, dataset_split = self.placement.line_offset, self.worker.setup.dataset_split
         for (doc, split, shard, position), enc in zip(places, encoded):
             part = self.parts.get(split)
@@ -308,18 +293,6 @@ class _TaskWriter:
         for part in self.parts.values():
             yield self._finish(part)
         self.parts.clear()
-
-
-def _batches(texts: list[str]) -> Iterator[list[str]]:
-    batch, size = [], 0
-    for text in texts:
-        batch.append(text)
-        size += len(text)
-        if size >= BATCH_CHARS:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
 
 
 def _doc_batches(docs: Iterator[Doc]) -> Iterator[list[Doc]]:
