@@ -32,7 +32,7 @@ from .tasks import Task, TaskReader, Work
 from .writer import ShardCommit, ShardPart, SliceRun, remap, seal, verify_shard
 
 SPLITS = ("train", "val")
-BATCH_CHARS = 1 << 20  # texts tokenized at once: long enough to amortise the calls, short enough to bound memory
+BATCH_CHARS = 1 << 18  # texts tokenized at once: 256 KiB (paired A/B: 2% less CPU than 1 MiB; the batch stays in cache)
 
 
 def split_of(utf8: bytes, val_fraction: float) -> str:
