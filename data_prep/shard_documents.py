@@ -59,7 +59,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         metavar="N",
-        help="tokenizer processes (default: CPU count; 0: in this process)",
+        help="worker processes: they read, tokenize and write; this one only keeps the order (default: the CPUs "
+        "this process may use; 0: all in this process)",
+    )
+    p.add_argument(
+        "--block-bytes",
+        type=int,
+        default=None,
+        metavar="B",
+        help="input bytes per unit of work (default: about 4 per worker, 1 to 64 MiB); the output does not depend on "
+        "it",
     )
     p.add_argument(
         "--val-fraction",
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.output,
                 args.segment_length,
                 workers=args.workers,
+                block_bytes=args.block_bytes,
                 val_fraction=args.val_fraction,
                 text_field=args.text_field,
                 id_field=args.id_field or None,

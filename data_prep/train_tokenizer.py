@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="N",
         help="vocabulary size (>= 300; may come out smaller on a small corpus)",
     )
-    p.add_argument("--output", required=True, metavar="TOK_DIR", help="tokenizer directory to write")
+    p.add_argument("--output", required=True, metavar="TOK_DIR", help="tokenizer directory to write (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace what TOK_DIR holds with the new tokenizer")
     p.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe", help="SentencePiece model (default: bpe)")
     p.add_argument("--text-field", default="text", help="field or column holding the text (default: text)")
     p.add_argument(
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             max_sentences=args.max_sentences,
             seed=args.seed,
             progress=not args.no_progress,
+            overwrite=args.overwrite,
         )
         print(summary.format())
         return 0

@@ -5,9 +5,10 @@
     python pretrain/evaluate.py --model exports/tiny --data data/wiki-512 --output OUT [--lanes N] [--split val]
 
 MODEL: a run directory (its latest checkpoint), RUN_DIR:TAG, a checkpoint directory of any ZeRO stage, or an export
-of pretrain/export_hf.py. Each corpus's split is streamed with the run's lanes, noise and seed, so on the same
-checkpoint and corpus the figures are the ones the run's own evaluation logged; an export carries those settings
-(pretraining.json), so evaluating it gives the numbers of its checkpoint.
+of pretrain/export_hf.py (its folder, or its Hugging Face hub id; with HF_HUB_OFFLINE=1 it must be in the hub cache).
+Each corpus's split is streamed with the run's lanes, noise and seed, so on the same checkpoint and corpus the
+figures are the ones the run's own evaluation logged; an export carries those settings (pretraining.json), so
+evaluating it gives the numbers of its checkpoint.
 
 Writes OUT_DIR/eval.json (eval_loss, eval_loss_no_memory, memory_gain, eval_ppl, eval_ppl_no_memory, both losses by
 segment position, the same per corpus under `corpora`, the model's and the data's identities) and OUT_DIR/eval.png
@@ -28,7 +29,9 @@ from memformers.training.distributed import local_device
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="RUN_DIR, RUN_DIR:TAG, a checkpoint directory or an export")
+    parser.add_argument(
+        "--model", required=True, help="RUN_DIR, RUN_DIR:TAG, a checkpoint directory, or an export (folder or hub id)"
+    )
     parser.add_argument("--data", required=True, action="append", help="a SHARD_DIR (repeat for several corpora)")
     parser.add_argument("--output", required=True, help="directory for eval.json and eval.png")
     parser.add_argument("--split", default="val", help="the split of each corpus to evaluate on (default: val)")

@@ -13,8 +13,8 @@
 #        python data_prep/shard_documents.py ARGS --num-slices N --slice-index I --workers <its CPUs>
 #      which tokenizes and writes slice I of the inputs (--workers defaults to the task's --cpus-per-task);
 #   2. a merge job that starts when every task has succeeded (--dependency=afterok:<array job>) and runs
-#        python data_prep/shard_documents.py ARGS --num-slices N --merge
-#      which writes SHARD_DIR/manifest.json, index.npy and the final shard names. A failed slice cancels the merge
+#        python data_prep/shard_documents.py ARGS --num-slices N --merge --workers <its CPUs>
+#      which writes the merged shards (one worker process per CPU), SHARD_DIR/manifest.json and index.npy. A failed slice cancels the merge
 #      (--kill-on-invalid-dep=yes). Re-running the same command finishes what is missing: slices already written
 #      are kept (shard_documents resumes) and a finished SHARD_DIR is left as it is.
 #
@@ -123,8 +123,10 @@ case $PHASE in
     exit "$rc"
     ;;
   merge)
+    WORKERS=()  # the merged shards are written by worker processes too
+    has_option --workers "${ARGS[@]}" || WORKERS=(--workers "${SLURM_CPUS_PER_TASK:-${SLURM_CPUS_ON_NODE:-1}}")
     log "job $SLURM_JOB_ID on $(hostname): merging $SLICES slices"
-    "$PYTHON" "$SHARD_DOCUMENTS" "${ARGS[@]}" --num-slices "$SLICES" --merge --no-progress
+    "$PYTHON" "$SHARD_DOCUMENTS" "${ARGS[@]}" "${WORKERS[@]}" --num-slices "$SLICES" --merge --no-progress
     rc=$?
     log "merge: exit $rc"
     exit "$rc"

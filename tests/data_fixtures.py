@@ -145,3 +145,23 @@ def shard_dir(
         return out
 
     return _once("shard_dir", build)
+
+
+def hub_cache(root: Path, repo_id: str, files: Path, revision: str = "0123456789abcdef") -> Path:
+    """A Hugging Face hub cache folder (what HF_HUB_CACHE names) holding `files`'s files as the main revision of
+    the model repository `repo_id`, laid out as huggingface_hub lays it out: models--ORG--NAME/snapshots/REV/...,
+    refs/main naming REV. Several calls with the same `root` add repositories to one cache."""
+    import shutil
+
+    repo = root / "hub" / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(files, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return root / "hub"
+
+
+def offline_env(cache: Path) -> dict[str, str]:
+    """The environment of a subprocess that reads the hub cache `cache` and may not reach the hub."""
+    import os
+
+    return dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")

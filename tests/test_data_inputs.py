@@ -6,12 +6,13 @@ import bz2
 import gzip
 import json
 import lzma
+import re
 from pathlib import Path
 
 import pytest
-from data_fixtures import varied_texts
+from data_fixtures import data_prep_script, varied_texts
 
-from memformers.data import BadRecordError, DataError, DocumentReader, shard_documents  # noqa: E402
+from memformers.data import BadRecordError, DataError, DocumentReader, read_manifest, shard_documents  # noqa: E402
 
 TEXTS = varied_texts(12, seed=3)
 
@@ -103,12 +104,13 @@ def test_missing_unsupported_and_empty_inputs(tmp_path: Path) -> None:
 
 def test_empty_and_whitespace_documents_are_skipped_and_counted(tmp_path: Path) -> None:
     path = tmp_path / "d.jsonl"
-    records = [{"text": "a real document."}, {"text": ""}, {"text": " \n\t "}, {"text": None}, {"text": "another one."}]
+    records = [{"text": "a real document."}, {"text": ""}, {"text": " \n\t "}, {"text": "another one."}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records) + "\n\n")
     (tmp_path / "blank.txt").write_text("   \n")
     reader = DocumentReader([str(path), str(tmp_path / "blank.txt")])
     assert [d.text for d in reader] == ["a real document.", "another one."]
-    assert reader.stats.documents_read == 6 and reader.stats.skipped == {"empty": 4}
+    assert reader.stats.documents_read == 5 and reader.stats.skipped == {"empty": 3}
+    assert reader.stats.empty_examples == [f"{path}:2", f"{path}:3", str(tmp_path / "blank.txt")]
 
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path: Path) -> None:
@@ -173,3 +175,101 @@ def test_all_documents_skipped_is_an_error(tmp_path: Path, bpe_tokenizer: Path) 
     path.write_text('{"text": ""}\n{"text": " "}\n')
     with pytest.raises(DataError, match="no documents written"):
         shard_documents([str(path)], bpe_tokenizer, tmp_path / "s", 64, workers=0, progress=False)
+
+
+# -- what a user sees when an input is bad: the real scripts, their exit codes and messages (issue 17) ---------------
+
+
+def _script(name: str, argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = data_prep_script(name).main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _shard(inputs: list[Path], tokenizer: Path, out: Path, *extra: str) -> list[str]:
+    return ["--input", *map(str, inputs), "--tokenizer", str(tokenizer), "--output", str(out), "--segment-length",
+            "64", "--workers", "1", "--no-progress", *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".zst"])
+def test_a_truncated_compressed_input_is_named_or_counted(
+    tmp_path: Path, bpe_tokenizer: Path, suffix: str, capsys: pytest.CaptureFixture
+) -> None:
+    import zstandard
+
+    compress = gzip.compress if suffix == ".gz" else zstandard.ZstdCompressor().compress
+    whole = compress(_jsonl(varied_texts(1000, seed=4)))  # several zstd blocks: a cut one keeps some
+    path = tmp_path / f"part-0001.jsonl{suffix}"
+    path.write_bytes(whole[: len(whole) * 2 // 3])  # a download that stopped early
+
+    code, _, err = _script("shard_documents", _shard([path], bpe_tokenizer, tmp_path / "s"), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert re.search(rf"{re.escape(str(path))}:\d+: the {suffix} data is truncated or corrupt", err)
+    assert "--skip-bad-records" in err and not (tmp_path / "s").exists()
+
+    code, out, _ = _script(
+        "shard_documents", _shard([path], bpe_tokenizer, tmp_path / "s", "--skip-bad-records"), capsys
+    )
+    assert code == 0 and "(bad_record 1)" in out and f"skipped bad record: {path}:" in out
+    assert "reconciles" in out and read_manifest(tmp_path / "s")["stats"]["documents_written"] > 0
+
+    argv = ["--input", str(path), "--vocab-size", "300", "--output", str(tmp_path / "tok"), "--no-progress"]
+    code, _, err = _script("train_tokenizer", argv, capsys)
+    assert code == 2 and f"{path}:" in err and "truncated" in err and "SentencePiece" not in err
+
+
+def test_train_tokenizer_replaces_a_folder_only_with_overwrite(
+    tmp_path: Path, synthetic_jsonl: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "tok"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["--input", str(synthetic_jsonl), "--vocab-size", "400", "--output", str(out), "--no-progress"]
+    code, _, err = _script("train_tokenizer", argv, capsys)
+    assert code == 2 and f"--output {out} is not empty (it holds notes.txt)" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # untouched
+    code, out_text, _ = _script("train_tokenizer", [*argv, "--overwrite"], capsys)
+    assert code == 0 and "special ids" in out_text
+    assert not (out / "notes.txt").exists() and (out / "tokenizer.json").is_file()  # replaced whole
+
+
+def test_a_null_text_is_a_bad_record(tmp_path: Path, bpe_tokenizer: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "A document."}\n{"id": 7, "text": null}\n{"text": "Another."}\n')
+    code, _, err = _script("shard_documents", _shard([path], bpe_tokenizer, tmp_path / "s"), capsys)
+    assert code == 2 and f"{path}:2: field 'text' is null" in err and "--skip-bad-records" in err
+    code, out, _ = _script(
+        "shard_documents", _shard([path], bpe_tokenizer, tmp_path / "s", "--skip-bad-records"), capsys
+    )
+    assert code == 0 and "(bad_record 1)" in out and f"skipped bad record: {path}:2: field 'text' is null" in out
+
+
+def test_the_summary_names_empty_documents_and_invalid_utf8(
+    tmp_path: Path, bpe_tokenizer: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(7):
+        (folder / f"{i:02d}-good.txt").write_text(f"Document number {i}.")
+        (folder / f"{i:02d}-empty.txt").write_text(" \n" if i % 2 else "")
+    (folder / "08-latin1.txt").write_bytes(b"caf\xe9 cr\xe8me.")
+    (folder / "09-lines.jsonl").write_bytes(b'{"text": "fine."}\n{"text": "na\xefve."}\n{"text": "\\t"}\n')
+    code, out, _ = _script("shard_documents", _shard([folder], bpe_tokenizer, tmp_path / "s"), capsys)
+    assert code == 0 and "(empty 8)" in out
+    names = ", ".join(str(folder / f"{i:02d}-empty.txt") for i in range(5))
+    assert f"empty (the first 5): {names}, ..." in out  # in reading order, the first 5 of 8
+    invalid = f"invalid UTF-8 (the first 2): {folder / '08-latin1.txt'}, {folder / '09-lines.jsonl'}:2"
+    assert invalid in out
+
+
+def test_a_folder_that_is_not_a_tokenizer_is_called_so(
+    tmp_path: Path, synthetic_jsonl: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = tmp_path / "bart-model"  # a model's folder: config.json and weights, no tokenizer files
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bart"}')
+    (model / "model.safetensors").write_bytes(b"")
+    code, _, err = _script("shard_documents", _shard([synthetic_jsonl], model, tmp_path / "s"), capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{model} is a folder but not a tokenizer" in err and "it holds config.json, model.safetensors" in err
+    assert "added_tokens" not in err and "install" not in err

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from memformers.data import segment_ends  # noqa: E402
+from memformers.data.prep.segmenting import segment_ends_batch  # noqa: E402
 
 END = 9  # the sentence-end token of these tests
 TABLE = np.zeros(16, dtype=bool)
@@ -56,3 +57,13 @@ def test_random_documents_partition_exactly(seed: int) -> None:
             following = ids[sum(map(len, segments[: i + 1])) :]
             window_rest = following[: length - len(segment)]
             assert END not in window_rest
+
+
+def test_a_batch_is_cut_as_each_document_alone() -> None:
+    """segment_ends_batch (what the workers use) gives segment_ends' cuts for every document of a batch."""
+    rng = np.random.default_rng(0)
+    for length in (1, 3, 8, 64):
+        docs = [rng.choice([1, 2, END], size=int(rng.integers(0, 200)), p=[0.45, 0.45, 0.1]) for _ in range(50)]
+        batch = np.concatenate(docs).astype(np.uint16)
+        cut = segment_ends_batch(batch, [len(d) for d in docs], TABLE, length)
+        assert cut == [segment_ends(d.astype(np.uint16), TABLE, length).tolist() for d in docs]

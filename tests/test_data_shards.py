@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from data_fixtures import DOCS_PER_SHARD, SEGMENT_LENGTH, data_prep_script
+from data_fixtures import DOCS_PER_SHARD, REPO, SEGMENT_LENGTH, data_prep_script, varied_texts
 
 from memformers.data import (  # noqa: E402
     DataError,
@@ -124,55 +130,85 @@ def test_identical_bytes_whatever_the_number_of_workers(
         out = tmp_path / f"w{workers}"
         shard_documents(
             [str(synthetic_jsonl), str(varied_jsonl)], bpe_tokenizer, out, SEGMENT_LENGTH,
-            workers=workers, val_fraction=0.2, docs_per_shard=DOCS_PER_SHARD, progress=False, chunk_chars=20_000,
+            workers=workers, val_fraction=0.2, docs_per_shard=DOCS_PER_SHARD, progress=False, block_bytes=20_000,
         )  # fmt: skip
         digests.append(_file_digests(out))
     assert digests[0] == digests[1] == digests[2]
     assert "manifest.json" in digests[0] and "train/index.npy" in digests[0]
 
 
-def test_resume_after_interruption_finishes_only_missing_shards(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_jsonl: Path, bpe_tokenizer: Path, shard_dir: Path
+def test_a_run_killed_with_sigkill_reuses_its_shards_and_ends_as_an_uninterrupted_run(
+    tmp_path: Path, bpe_tokenizer: Path
 ) -> None:
-    args = ([str(synthetic_jsonl)], bpe_tokenizer)
-    kwargs = dict(
-        segment_length=SEGMENT_LENGTH, workers=1, val_fraction=0.2, docs_per_shard=DOCS_PER_SHARD, progress=False
-    )
-    reference = tmp_path / "reference"
-    shard_documents(*args, reference, **kwargs)
-
-    commit = writer.ShardWriter.commit
-    commits = []
-
-    def interrupted(self):
-        if len(commits) == 3:
-            raise KeyboardInterrupt
-        commits.append(self.path)
-        return commit(self)
-
+    """`kill -9` of a real run with 2 workers: the workers exit on their own; the same command again keeps every
+    shard the killed run recorded (verified by sha256, not rewritten), writes the rest, and the SHARD_DIR is
+    byte-identical to one written without interruption."""
+    corpus = tmp_path / "corpus.jsonl"
+    texts = varied_texts(1200, seed=11)
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
     out = tmp_path / "out"
-    monkeypatch.setattr(writer.ShardWriter, "commit", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        shard_documents(*args, out, **kwargs)
-    monkeypatch.setattr(writer.ShardWriter, "commit", commit)
+    command = [sys.executable, str(REPO / "data_prep" / "shard_documents.py"), "--input", str(corpus),
+               "--tokenizer", str(bpe_tokenizer), "--output", str(out), "--segment-length", str(SEGMENT_LENGTH),
+               "--val-fraction", "0.2", "--docs-per-shard", str(DOCS_PER_SHARD), "--block-bytes", "20000",
+               "--workers", "2", "--no-progress"]  # fmt: skip
+    killed = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    records = lambda: sorted((out / ".progress").glob("*-*.json"))  # noqa: E731  (one per finished shard)
+    deadline = time.monotonic() + 120
+    while len(records()) < 8:
+        assert killed.poll() is None, f"the run ended before it was killed: {killed.stderr.read()}"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    kept = {out / json.loads(p.read_text())["path"] for p in records()}
+    mtimes = {p: p.stat().st_mtime_ns for p in kept}
+    while time.monotonic() < deadline:  # its workers notice that it is gone and exit
+        try:
+            os.killpg(killed.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the killed run's workers did not exit")
     assert not (out / "manifest.json").exists()
-    before = {p: p.stat().st_mtime_ns for p in commits}
 
-    with pytest.raises(DataError, match=r"unfinished run made with different settings \(segment_length\)"):
-        shard_documents(*args, out, **(kwargs | {"segment_length": 32}))
-    summary = shard_documents(*args, out, **kwargs)
-    total = sum(len(e["shards"]) for e in read_manifest(reference)["splits"].values())
-    assert summary.shards_reused == 3 and summary.shards_written == total - 3
-    assert {p: p.stat().st_mtime_ns for p in commits} == before  # not rewritten
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    reused = int(re.search(r"reused from an earlier run ([\d,]+)", rerun.stdout)[1])
+    assert reused >= len(kept) and {p: p.stat().st_mtime_ns for p in kept} == mtimes  # kept, not rewritten
+    reference = tmp_path / "reference"
+    kwargs = dict(segment_length=SEGMENT_LENGTH, val_fraction=0.2, docs_per_shard=DOCS_PER_SHARD, progress=False)
+    shard_documents([str(corpus)], bpe_tokenizer, reference, workers=1, **kwargs)
     assert _file_digests(out) == _file_digests(reference)
-    assert summary.reconciles and summary.documents_written == read_manifest(reference)["stats"]["documents_written"]
 
-    again = shard_documents(*args, out, **kwargs)
+    again = shard_documents([str(corpus)], bpe_tokenizer, out, **kwargs)
     assert again.already_complete and again.shards_written == 0 and "nothing to do" in again.format()
     with pytest.raises(DataError, match=r"finished shard set made with different settings \(docs_per_shard\)"):
-        shard_documents(*args, out, **(kwargs | {"docs_per_shard": 5}))
-    replaced = shard_documents(*args, out, **(kwargs | {"docs_per_shard": 5, "overwrite": True}))
-    assert not replaced.already_complete and len(read_manifest(out)["splits"]["train"]["shards"]) > 3
+        shard_documents([str(corpus)], bpe_tokenizer, out, **(kwargs | {"docs_per_shard": 5}))
+
+
+def test_an_unfinished_run_with_other_settings_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synthetic_jsonl: Path, bpe_tokenizer: Path
+) -> None:
+    args = ([str(synthetic_jsonl)], bpe_tokenizer)
+    kwargs = dict(segment_length=SEGMENT_LENGTH, workers=0, val_fraction=0.2, docs_per_shard=DOCS_PER_SHARD)
+    commit = writer.commit_shard
+
+    def interrupted(*args):  # Ctrl-C at the second shard (workers=0: in this process)
+        if len(list((out / ".progress").glob("*-*.json"))) == 1:
+            raise KeyboardInterrupt
+        return commit(*args)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(writer, "commit_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        shard_documents(*args, out, progress=False, **kwargs)
+    monkeypatch.setattr(writer, "commit_shard", commit)
+    with pytest.raises(DataError, match=r"unfinished run made with different settings \(segment_length\)"):
+        shard_documents(*args, out, progress=False, **(kwargs | {"segment_length": 32}))
+    replaced = shard_documents(*args, out, progress=False, overwrite=True, **(kwargs | {"docs_per_shard": 5}))
+    assert not replaced.already_complete and replaced.shards_reused == 0
+    assert len(read_manifest(out)["splits"]["train"]["shards"]) > 3
 
 
 def test_output_folder_with_other_files_is_refused(tmp_path: Path, synthetic_jsonl: Path, bpe_tokenizer: Path) -> None:
@@ -282,7 +318,15 @@ def test_sample_encoding_matches_the_standard_formats() -> None:
     import io
     import tarfile
 
-    from memformers.data.format.samples import decode_sample, encode_sample, npy_bytes, tar_header, tar_trailer
+    from memformers.data.format.samples import (
+        decode_sample,
+        encode_sample,
+        encode_sample_bytes,
+        npy_bytes,
+        sample_meta,
+        tar_header,
+        tar_trailer,
+    )
 
     for array in (np.arange(5, dtype="<u2"), np.zeros(0, dtype="<u4"), np.array([1, 70000], dtype="<u4")):
         buffer = io.BytesIO()
@@ -303,6 +347,14 @@ def test_sample_encoding_matches_the_standard_formats() -> None:
     )
     with pytest.raises(ShardError, match="x.tar: undecodable sample"):
         decode_sample(sample[:700], "x.tar")
+    # the workers' encoder (bytes in) writes the same bytes, whatever the dtype, lengths, id and source
+    rng = np.random.default_rng(0)
+    for n, dtype, doc_id, source in ((0, "<u2", None, "a.jsonl:1"), (700, "<u4", 'q"', "caf\u00e9/\u6771.jsonl#3")):
+        ids, ends = rng.integers(0, 60000, n).astype(dtype), np.array([n] * bool(n), dtype="<u4")
+        for key in ("train-000001-000002", "val-1234567-000000"):
+            expected = encode_sample(key, ids, ends, {"id": doc_id, "source": source})
+            got = encode_sample_bytes(key.encode(), ids.tobytes(), dtype, ends.tobytes(), sample_meta(doc_id, source))
+            assert got == expected
 
 
 def test_statistics_from_histograms_match_plain_percentiles() -> None:

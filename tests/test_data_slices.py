@@ -17,7 +17,9 @@ from data_fixtures import REPO, data_prep_script, varied_texts
 
 from memformers.data import DataError, DocumentReader, read_manifest, shard_documents  # noqa: E402
 from memformers.data.prep import writer  # noqa: E402
-from memformers.data.prep.slices import IncompleteSlicesError, Part, SliceDocuments, plan_slices, slice_dir  # noqa: E402
+from memformers.data.prep.slices import IncompleteSlicesError, Part, plan_slices, slice_dir  # noqa: E402
+from memformers.data.prep.sources import ReadStats, RecordCheck, Tally  # noqa: E402
+from memformers.data.prep.tasks import LineRange, TaskReader, plan_tasks  # noqa: E402
 
 SETTINGS = dict(segment_length=48, val_fraction=0.3, docs_per_shard=7, skip_bad_records=True, workers=0, progress=False)
 NO_TOKENS = "#####"  # the test tokenizer deletes '#': a document without any token
@@ -143,20 +145,35 @@ def _documents(reader: DocumentReader) -> list[tuple[str, str, str | None]]:
     return [(d.source, d.text, d.doc_id) for d in reader]
 
 
+def _task_documents(parts: list[Part], block: int) -> tuple[list[tuple[str, str, str | None]], ReadStats]:
+    """The documents of a slice's parts read as the workers read them: task by task (tasks.py), a byte range's
+    lines numbered after the lines of the ranges before it in its file (as the scheduler places them)."""
+    check, docs, stats, lines = RecordCheck(skip_bad_records=True), [], ReadStats(), {}
+    for task in plan_tasks([p.as_tuple() for p in parts], block):
+        reader, tally = TaskReader(task, check, "train", None), Tally()
+        file = task.source.location if isinstance(task, LineRange) else None
+        offset = lines.get(file, 0)
+        docs += [(task.where(offset + d.number, "train"), d.text, d.doc_id) for d in reader.documents(tally)]
+        stats.update(ReadStats.of(tally, lambda n: task.where(offset + n, "train")))
+        lines[file] = offset + reader.lines
+    return docs, stats
+
+
 def test_slice_rule_partitions_the_document_stream(corpora: dict, tmp_path: Path) -> None:
-    """Every document is read by exactly one slice, in reading order, with the same source, text, id and counts."""
+    """Every document is read by exactly one slice, in reading order, with the same source, text, id and counts,
+    however the slices' parts are cut into tasks."""
     extra = tmp_path / "z.txt"
     extra.write_text("A lone document.", encoding="utf-8")
     for inputs in (corpora["big"], corpora["files"], [*corpora["big"], str(extra)]):
         whole = DocumentReader(inputs, skip_bad_records=True)
         expected = _documents(whole)
-        for count in range(1, 9):
+        for count, block in zip(range(1, 9), (1 << 20, 97, 1000, 331, 4096, 50, 1 << 20, 777)):
             got, read, skipped = [], 0, 0
-            for index, parts in enumerate(plan_slices(whole.sources, count)):
-                reader = DocumentReader(inputs, skip_bad_records=True)
-                got += _documents(SliceDocuments(reader, parts))
-                read += reader.stats.documents_read
-                skipped += sum(reader.stats.skipped.values())
+            for parts in plan_slices(whole.sources, count):
+                docs, stats = _task_documents(parts, block)
+                got += docs
+                read += stats.documents_read
+                skipped += sum(stats.skipped.values())
             assert got == expected, (inputs, count)
             assert (read, skipped) == (whole.stats.documents_read, sum(whole.stats.skipped.values()))
 
@@ -194,18 +211,18 @@ def test_missing_and_unfinished_slices_fail_the_merge_then_resume(
     err = capsys.readouterr().err
     assert "1 of 3 slices not ready: slice 1 is missing" in err and "--slice-index" in err
 
-    commit, commits = writer.ShardWriter.commit, []
+    commit, commits = writer.commit_shard, []
 
-    def interrupted(self):  # Ctrl-C after the slice's second shard
+    def interrupted(out, split, shard, *args):  # Ctrl-C after the slice's second shard (workers=0: in this process)
         if len(commits) == 2:
             raise KeyboardInterrupt
-        commits.append(self.path)
-        return commit(self)
+        commits.append(out / writer.shard_name(split, shard))
+        return commit(out, split, shard, *args)
 
-    monkeypatch.setattr(writer.ShardWriter, "commit", interrupted)
+    monkeypatch.setattr(writer, "commit_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _slice(inputs, hash_tokenizer, out, 3, 1)
-    monkeypatch.setattr(writer.ShardWriter, "commit", commit)
+    monkeypatch.setattr(writer, "commit_shard", commit)
     assert merge([*_cli_args(inputs, hash_tokenizer, out), "--num-slices", "3", "--merge"]) == 1
     assert f"slice 1 is unfinished (no slice.json in {slice_dir(out, 1)}" in capsys.readouterr().err
     assert not (out / "manifest.json").exists()
@@ -258,7 +275,7 @@ def test_slices_run_at_once_as_separate_processes(
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * count, outputs
     assert all(f"slice {i} of {count}" in o for i, (o, _) in enumerate(outputs))
-    assert _merge(inputs, hash_tokenizer, out, count).reconciles
+    assert _merge(inputs, hash_tokenizer, out, count, workers=2).reconciles  # merged shards written by 2 workers
     assert _digests(out) == _digests(references["big"])
 
 

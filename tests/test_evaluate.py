@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from data_fixtures import hub_cache
 from launch import cpu_env, run
 from test_export import exported, trained_runs
 
@@ -64,6 +65,17 @@ def test_the_export_gives_the_numbers_of_its_checkpoint_through_the_command(tmp_
     assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     checkpoint = evaluate_corpora(load_eval_model(str(run_dir)), [tiny_shards])
     assert_same_figures(result, checkpoint)
+
+
+def test_an_export_read_by_hub_id_from_the_cache_gives_its_folders_numbers(tmp_path_factory, tiny_shards, tmp_path):
+    export = exported(tmp_path_factory, tiny_shards, "zero2")
+    env = cpu_env(HF_HUB_CACHE=str(hub_cache(tmp_path, "memformers-test/tiny", export)), HF_HUB_OFFLINE="1")
+    out = tmp_path / "eval"
+    run([sys.executable, "pretrain/evaluate.py", "--model", "memformers-test/tiny", "--data", str(tiny_shards),
+         "--output", str(out)], env=env)  # fmt: skip
+    result = json.loads((out / "eval.json").read_text())
+    assert result["model"]["kind"] == "export" and result["model"]["tag"] == "step-00000003"
+    assert_same_figures(result, evaluate_corpora(load_eval_model(str(export)), [tiny_shards]))
 
 
 def test_mismatched_data_and_models_are_refused_with_the_reason(tmp_path_factory, tiny_shards, shard_dir, tmp_path):

@@ -7,8 +7,9 @@ Knows nothing of the model. Cut by stage:
   SHARD_DIRs can be mixed into one training stream (mixing.py).
 * `prep/` — offline preparation, what the `data_prep/` scripts run: documents from files, folders and 🤗 datasets
   (sources.py) → a tokenizer (tokenizer_training.py) → token ids cut into segments (segmenting.py) → shards
-  (pipeline.py, writer.py) + manifest, resumable (output.py), in one run or in slices (slices.py), through
-  `shard_documents` (sharding.py); `check_shard_dir` verifies a SHARD_DIR (verify.py).
+  written by worker processes (tasks.py, worker.py, writer.py) in the order the main process keeps (scheduler.py,
+  pipeline.py) + manifest, resumable (output.py), in one run or in slices (slices.py), through `shard_documents`
+  (sharding.py); `check_shard_dir` verifies a SHARD_DIR (verify.py).
 * `stream/` — online reading for training: the schedule over global lanes (schedule.py, pure) and
   `SegmentStreamLoader` (loader.py): batches of one segment per lane, per rank, resumable on any shape.
 * tokenizer.py — loading and checking tokenizers, their identity, and the sentence-end rule.
@@ -24,7 +25,6 @@ from .format.manifest import INDEX_DTYPE, is_shard_dir, read_manifest
 from .format.mixing import check_mixable, mixing_problems
 from .format.reader import SplitReader
 from .format.samples import Sample
-from .prep.pipeline import split_of
 from .prep.segmenting import segment_ends
 from .prep.sharding import shard_documents
 from .prep.slices import IncompleteSlicesError
@@ -32,6 +32,7 @@ from .prep.sources import Document, DocumentReader, ReadStats
 from .prep.summary import ShardingSummary
 from .prep.tokenizer_training import TokenizerSummary, train_tokenizer
 from .prep.verify import DirCheck, ShardCheck, check_shard_dir, split_statistics
+from .prep.worker import split_of
 from .stream.schedule import EpochOrder, MixtureSchedule, Schedule, Slot, StreamState
 from .tokenizer import (
     check_tokenizer,

@@ -31,3 +31,7 @@ class ShardError(DataError):
     def __init__(self, message: str, shards: list[str] | tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.shards = list(shards)
+
+
+class IncompleteSlicesError(DataError):
+    """The merge found slices missing, unfinished, damaged or made with other settings (named in the message)."""

@@ -1,4 +1,4 @@
-"""Tokenizer helpers: loading (from a tokenizer directory, a hub name or a SHARD_DIR), checks, identity.
+"""Tokenizer helpers: loading (from a tokenizer directory, a hub id or a SHARD_DIR), checks, identity.
 
 The pipeline needs a *fast* (🤗 `tokenizers`-backed) tokenizer with BART's special tokens `<s>` (bos),
 `</s>` (eos), `<pad>` and `<mask>`; `<unk>` is optional. Tokenizers made by
@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from memformers.hub import PretrainedNotFoundError, local_folder
+
 from .errors import TokenizerError
 from .format.manifest import TOKENIZER_SUBDIR, is_shard_dir, read_manifest
 
@@ -27,6 +29,12 @@ if TYPE_CHECKING:
 #: Special-token roles and the attribute of a HF tokenizer that holds each one's id.
 SPECIAL_ROLES = ("bos", "pad", "eos", "unk", "mask")
 REQUIRED_ROLES = ("bos", "eos", "pad", "mask")
+#: A folder holding none of these is not a tokenizer (transformers would "load" a model folder's config.json alone
+#: as a tokenizer of its special tokens only).
+TOKENIZER_FILES = (
+    "tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+)  # fmt: skip
+_HUB_PATTERNS = ("*.json", "*.txt", "*.model")  # what a tokenizer is made of on the hub (not the weights)
 
 # The one sentence-end rule of the package (segment cuts here, sentence permutation in the denoiser): text ends a
 # sentence when it ends with . ! or ? followed by optional closing quotes or brackets and whitespace.
@@ -39,11 +47,11 @@ def ends_sentence(text: str) -> bool:
 
 
 def load_tokenizer(path_or_shard_dir: str | os.PathLike) -> PreTrainedTokenizerBase:
-    """Load a fast HF tokenizer from a tokenizer directory, a hub name or a SHARD_DIR.
+    """Load a fast HF tokenizer from a tokenizer directory, a hub id (memformers.hub) or a SHARD_DIR.
 
     For a SHARD_DIR, loads its `tokenizer/` copy and checks it against the manifest's hash.
-    Raises TokenizerError when it cannot be loaded, is not a fast tokenizer, or lacks
-    `<s>`, `</s>`, `<pad>` or `<mask>`.
+    Raises TokenizerError when it cannot be loaded (a folder without tokenizer files, an offline hub id that is
+    not cached, ...), is not a fast tokenizer, or lacks `<s>`, `</s>`, `<pad>` or `<mask>`.
     """
     source = os.fspath(path_or_shard_dir)
     expected_sha = None
@@ -51,16 +59,21 @@ def load_tokenizer(path_or_shard_dir: str | os.PathLike) -> PreTrainedTokenizerB
         manifest = read_manifest(source)
         expected_sha = manifest["tokenizer"]["sha256"]
         source = os.path.join(source, manifest["tokenizer"].get("path", TOKENIZER_SUBDIR))
-    elif not Path(source).exists() and (os.path.isabs(source) or source.startswith((".", "~"))):
-        raise TokenizerError(f"tokenizer path {source} does not exist")
+    else:  # a folder, or the hub repository's files in the hub cache (read from a folder, transformers needs no
+        try:  # config.json then)
+            folder = local_folder(source, "tokenizer", _HUB_PATTERNS)
+        except PretrainedNotFoundError as error:
+            raise TokenizerError(str(error)) from None
+        _check_tokenizer_folder(folder)
+        source = str(folder)
     try:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
     except Exception as exc:  # transformers raises many types (OSError, ValueError, ...)
         raise TokenizerError(
-            f"cannot load a tokenizer from {source}: {exc}. Pass a tokenizer directory "
-            "(with tokenizer.json), a hub name that is reachable, or a SHARD_DIR."
+            f"cannot load a tokenizer from {source}: {exc}. Pass a tokenizer directory (with tokenizer.json), a "
+            "hub id (reachable, or in the hub cache), or a SHARD_DIR."
         ) from exc
     check_tokenizer(tokenizer, source)
     if expected_sha is not None and tokenizer_sha256(tokenizer) != expected_sha:
@@ -69,6 +82,23 @@ def load_tokenizer(path_or_shard_dir: str | os.PathLike) -> PreTrainedTokenizerB
             "mismatch with manifest.json): restore it or re-shard the corpus"
         )
     return tokenizer
+
+
+def _check_tokenizer_folder(folder: Path) -> None:
+    if any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return
+    held = sorted(p.name for p in folder.iterdir())
+    what = f"it holds {', '.join(held[:8])}{', ...' if len(held) > 8 else ''}" if held else "it is empty"
+    hint = (
+        f" (an unfinished shard directory? its tokenizer is in {folder / TOKENIZER_SUBDIR})"
+        if (folder / TOKENIZER_SUBDIR).is_dir()
+        else ""
+    )
+    raise TokenizerError(
+        f"{folder} is a folder but not a tokenizer: it has none of {', '.join(TOKENIZER_FILES)} ({what}){hint}. "
+        "Pass a folder a tokenizer was saved to (data_prep/train_tokenizer.py, save_pretrained), a SHARD_DIR, or a "
+        "hub id such as facebook/bart-base"
+    )
 
 
 def check_tokenizer(tokenizer: Any, name: str = "tokenizer") -> None:

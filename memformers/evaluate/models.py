@@ -2,7 +2,8 @@
 
 MODEL is a run directory (its latest checkpoint), `RUN_DIR:TAG`, a checkpoint directory of any ZeRO stage
 (`RUN_DIR/checkpoints/<tag>`), or a Hugging Face export (loaded from its own code, `trust_remote_code`; its
-`pretraining.json` holds the run's settings). The model computes in the run's precision unless told otherwise,
+`pretraining.json` holds the run's settings): its folder, or its hub id (memformers.hub: read from the hub cache,
+fetched first unless HF_HUB_OFFLINE is set). The model computes in the run's precision unless told otherwise,
 so its figures are the ones training reported.
 """
 
@@ -18,6 +19,7 @@ from memformers.data import DataError, read_manifest
 from memformers.export import ExportError, consolidate_state_dict, load_remote_code_model, load_training_model
 from memformers.export.inputs import CHECKPOINTS, read_trainer_state, resolve_tag_dir, run_shard_dir
 from memformers.export.record import PRECISIONS, read_training_record, training_record
+from memformers.hub import PretrainedNotFoundError, is_hub_id, local_folder
 from memformers.training.checkpoint import TRAINER_STATE
 
 
@@ -57,7 +59,7 @@ def load_eval_model(spec: str, *, device: torch.device | None = None, precision:
     EvalError when MODEL is none of the accepted kinds or cannot be read."""
     try:
         loaded = _load(spec)
-    except (ExportError, DataError, OSError) as error:
+    except (ExportError, DataError, OSError, PretrainedNotFoundError) as error:
         raise EvalError(f"cannot load the model {spec}: {error}") from None
     name = (loaded.record.get("precision") or "fp32") if precision == "auto" else precision
     if name not in PRECISIONS:
@@ -80,9 +82,11 @@ def _load(spec: str) -> EvalModel:
         return load_checkpoint(path)
     if (path / "config.json").is_file():
         return load_export(path)
+    if not path.exists() and is_hub_id(spec):  # an export on the Hugging Face hub, or in the hub cache
+        return load_export(local_folder(spec, "model"))
     raise EvalError(
         f"{spec} is not a model: give a run directory (holding {CHECKPOINTS}/), RUN_DIR:TAG, a checkpoint "
-        f"directory (holding {TRAINER_STATE}) or a directory exported by pretrain/export_hf.py"
+        f"directory (holding {TRAINER_STATE}), a directory exported by pretrain/export_hf.py, or the hub id of one"
     )
 
 

@@ -34,7 +34,8 @@ class ModelSection:
     preset: str = "tiny"
     """Size preset (`tiny`, `membart-base`, `membart-large`) used when `init_from` is not set."""
     init_from: str | None = None
-    """Optional directory of a pretrained BART (converted with `from_bart`) or MemBART to start from."""
+    """Optional pretrained BART (converted with `from_bart`) or MemBART to start from: a folder, or a Hugging Face
+    hub id (`facebook/bart-base`; with HF_HUB_OFFLINE=1 read from the hub cache)."""
     memory_len: int | None = None
     """Memory slots; overrides the preset's (a MemBART `init_from` keeps its own)."""
     dropout: float | None = None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from memformers.hub import PretrainedNotFoundError, config_file
 from memformers.models.membart import MemBartForConditionalGeneration, load_preset
 
 from .compiling import compile_layers
@@ -26,15 +27,7 @@ def build_model(
     layers are compiled (they compile at their first call)."""
     overrides = {} if cfg.model.dropout is None else {"dropout": cfg.model.dropout}
     if cfg.model.init_from:
-        source = Path(cfg.model.init_from)
-        config_file = source / "config.json"
-        if not config_file.is_file():
-            raise ConfigError(f"model.init_from={source}: no config.json there (a BART or MemBART directory)")
-        if "memory_len" in json.loads(config_file.read_text()):
-            model = MemBartForConditionalGeneration.from_pretrained(source, **overrides)
-        else:
-            memory_len = cfg.model.memory_len or load_preset(cfg.model.preset).memory_len
-            model = MemBartForConditionalGeneration.from_bart(str(source), memory_len=memory_len, **overrides)
+        model = _pretrained(cfg, overrides)
     else:
         if cfg.model.memory_len is not None:
             overrides["memory_len"] = cfg.model.memory_len
@@ -76,6 +69,23 @@ def build_model(
     if cfg.model.compile:
         compile_layers(model)
     return model
+
+
+def _pretrained(cfg: PretrainConfig, overrides: dict) -> MemBartForConditionalGeneration:
+    """`model.init_from`: a folder or a hub id (memformers.hub) of a MemBART (its config has memory_len), or of a
+    BART converted with fresh memory."""
+    name = cfg.model.init_from
+    if Path(name).is_dir() and not (Path(name) / "config.json").is_file():
+        raise ConfigError(f"model.init_from={name}: no config.json there (a BART or MemBART directory)")
+    try:
+        config = json.loads(config_file(name).read_text())
+    except PretrainedNotFoundError as error:
+        raise ConfigError(f"model.init_from={name}: {error}") from None
+    source = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    if "memory_len" in config:
+        return MemBartForConditionalGeneration.from_pretrained(source, **overrides)
+    memory_len = cfg.model.memory_len or load_preset(cfg.model.preset).memory_len
+    return MemBartForConditionalGeneration.from_bart(source, memory_len=memory_len, **overrides)
 
 
 def lr_lambda(train: TrainSection):

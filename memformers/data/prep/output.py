@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,3 +99,18 @@ def prepare_output(out: Path, state: dict[str, Any], overwrite: bool) -> str:
     elif overwrite:
         remove_entries(out, (SLICES_DIR,))
     return status
+
+
+@contextmanager
+def discarded_on_bad_input(out: Path, owned: tuple[str, ...], fresh: bool, existed: bool) -> Iterator[None]:
+    """A fresh run that stops on bad input or settings (DataError) removes what it wrote (`owned` entries of `out`,
+    and `out` when it did not exist before): that partial output could never be resumed, as fixing the input or
+    passing --skip-bad-records makes another run; the advised re-run then starts clean instead of being refused."""
+    try:
+        yield
+    except DataError:
+        if fresh:
+            remove_entries(out, owned)
+            if not existed and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise

@@ -1,15 +1,18 @@
-"""The single-process sharding pipeline: documents → token ids → segments → shards of one output folder.
+"""The sharding pipeline: the inputs (or a slice's parts of them) → tasks → workers → the shards of one folder.
 
-The main process reads documents in input order (sources.py), assigns each to a split by a stable hash of its
-text (blake2b-64 of the UTF-8 bytes / 2**64 < val_fraction → val; the same text always lands on the same side)
-and to a shard position by its rank within the split (shard = n // K, position = n % K for the n-th document of
-the split, K = docs_per_shard), and sends chunks of texts to worker processes, which tokenize with the fast
-tokenizer (single-threaded each, special tokens in the text read as plain text) and segment (segmenting.py).
-Results come back in order and the main process encodes them as tar samples (format/samples.py) into the shards
-(writer.py), so the shards are byte-identical whatever the number of workers.
+The inputs are cut into tasks (tasks.py: byte ranges of uncompressed JSON lines files, whole other inputs) that
+workers (worker.py, in `workers` processes, or in this one with workers=0) read on their own. A worker reads a
+task's records, checks them, gives each document its split (blake2b-64 of its UTF-8 text / 2**64 < val_fraction →
+val: the same text always lands on the same side), tokenizes, segments, encodes the samples with their CRC-32s and
+writes the shards: a shard its task holds whole, hashed and committed by that worker; the others as pieces, sealed
+(concatenated, hashed, committed) by whichever worker is free. The main process only keeps the order
+(scheduler.py): document n of a split goes to shard n // K, position n % K, whatever the number of workers, so
+the shards are byte-identical to one process reading the inputs in order. It reads and writes no document.
 
-`tokenize_into` runs it into a SHARD_DIR or a slice's folder, resuming from the shards recorded in `.progress/`;
-`write_manifest` finishes a SHARD_DIR. The entry point, `shard_documents`, is in sharding.py.
+`tokenize_into` runs this into a SHARD_DIR or a slice's folder, resuming: the shards recorded in `.progress/`
+(checked by size and sha256, in the workers) are kept, and a task whose documents all went to kept shards is not
+read again (`.progress/tasks.jsonl` holds each finished task's counts). `write_manifest` finishes a SHARD_DIR. The
+entry point, `shard_documents`, is in sharding.py.
 
 Accounting: documents_read = documents_written + sum(skipped by reason), reasons being `empty`,
 `bad_record` (sources.py) and `no_tokens` (text the tokenizer maps to no token at all).
@@ -18,201 +21,40 @@ Accounting: documents_read = documents_written + sum(skipped by reason), reasons
 from __future__ import annotations
 
 import collections
-import hashlib
-import multiprocessing
+import json
 import os
-import struct
-import zlib
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from memformers.files import write_json_atomic
 
 from ..errors import DataError
-from ..format.manifest import FORMAT, FORMAT_VERSION, INDEX_DTYPE, MANIFEST_NAME, TOKENIZER_SUBDIR
-from ..format.samples import encode_sample, sample_key
+from ..format.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, TOKENIZER_SUBDIR
 from ..tokenizer import load_tokenizer, sentence_end_table, token_dtype, tokenizer_identity, tokenizer_sha256
+from .encoding import EncoderSetup
+from .executor import InlineExecutor, ProcessExecutor
 from .output import PROGRESS_DIR
-from .segmenting import segment_ends
-from .sources import Document, DocumentReader, ReadStats
-from .writer import ShardWriter, finish_split, load_progress
+from .progress import Progress
+from .scheduler import Scheduler
+from .sources import DocumentReader, ReadStats, RecordCheck, Source
+from .tasks import Task, block_size, plan_tasks, plan_work
+from .worker import (
+    Failed,
+    JobDone,
+    MergeJob,
+    Piece,
+    Recorded,
+    Scanned,
+    TaskDone,
+    Verified,
+    VerifyJob,
+    WorkerSetup,
+)
+from .writer import PIECES, finish_split, load_progress
 
 SPLIT_RULE = "blake2b-64(utf-8 text) / 2**64 < val_fraction -> val"
-
-
-def split_of(utf8: bytes, val_fraction: float) -> str:
-    """'val' or 'train' for a document's UTF-8 text: a stable hash, independent of order and run."""
-    value = int.from_bytes(hashlib.blake2b(utf8, digest_size=8).digest(), "little")
-    return "val" if value < val_fraction * 2.0**64 else "train"
-
-
-# -- worker side ------------------------------------------------------------------------------------
-
-_WORKER: dict[str, Any] = {}
-_PACK_LIMIT = 1 << 16
-
-
-def _init_worker(tokenizer_json: str, is_end: np.ndarray, segment_length: int, dtype: str) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(tokenizer_json)
-    tokenizer.encode_special_tokens = True  # "<s>" or "<mask>" in a document is text, not a special token
-    _WORKER.update(tokenizer=tokenizer, is_end=is_end, segment_length=segment_length, dtype=np.dtype(dtype))
-
-
-def _encode_chunk(texts: list[str]) -> list[tuple[bytes, bytes] | None]:
-    """Tokenize and segment documents: the bytes of the token ids (worker dtype) and of the segment ends
-    (little-endian uint32) of each, None if no tokens.
-
-    Only these compact bytes travel back (bytes pickle as a copy; arrays would pickle through
-    `__reduce__`); the writer (main process) wraps them as tar samples, which are mostly header and
-    padding bytes, so encoding them here would also triple what goes through the pipe.
-    """
-    tokenizer, dtype = _WORKER["tokenizer"], _WORKER["dtype"]
-    results: list[tuple[bytes, bytes] | None] = []
-    for encoding in tokenizer.encode_batch_fast(texts, add_special_tokens=False):
-        token_ids = encoding.ids
-        if not token_ids:
-            results.append(None)
-            continue
-        if len(token_ids) <= _PACK_LIMIT:  # struct packs a list about twice as fast as np.array converts it
-            ids = struct.pack(f"<{len(token_ids)}{dtype.char}", *token_ids)
-        else:
-            ids = np.array(token_ids, dtype=dtype).tobytes()
-        ends = segment_ends(np.frombuffer(ids, dtype=dtype), _WORKER["is_end"], _WORKER["segment_length"])
-        results.append((ids, ends.astype("<u4", copy=False).tobytes()))
-    return results
-
-
-class _Done:
-    """A finished result with the interface of multiprocessing's AsyncResult (for workers=0)."""
-
-    def __init__(self, value: Any) -> None:
-        self._value = value
-
-    def get(self) -> Any:
-        return self._value
-
-
-@contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-# -- main side ---------------------------------------------------------------------------------------
-
-
-class _Pipeline:
-    """Chunks of documents to the worker processes and their results, in input order, into shards.
-
-    At most 2 * workers + 1 chunks are in flight, so reading never runs far ahead of writing. A shard
-    is committed when the result for its last position arrives; `flush()` waits for everything and
-    commits the last, partial shard of each split. Leaving the `with` block stops the workers.
-    """
-
-    def __init__(
-        self,
-        out: Path,
-        docs_per_shard: int,
-        workers: int,
-        init_args: tuple,
-        records: dict,
-        progress: bool,
-        chunk_chars: int,
-    ) -> None:
-        """`init_args`: `_init_worker`'s (tokenizer JSON, sentence-end table, segment length, token dtype)."""
-        self.out, self.docs_per_shard, self.workers, self.records = out, docs_per_shard, workers, records
-        self.chunk_chars = chunk_chars
-        self.token_dtype = np.dtype(init_args[3])  # what the workers pack ids in
-        self.writers: dict[str, ShardWriter] = {}
-        self.pending: collections.deque = collections.deque()
-        self.chunk: list[str] = []
-        self.slots: list[tuple[str, int, int, dict[str, Any]]] = []
-        self.size = 0
-        self.tokens = 0
-        self.pool = None
-        if workers > 0:  # the children inherit the variable: one thread each, no tokenizers fork warning
-            context = multiprocessing.get_context(
-                "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            )
-            with _environment(TOKENIZERS_PARALLELISM="false"):
-                self.pool = context.Pool(workers, initializer=_init_worker, initargs=init_args)
-        else:
-            _init_worker(*init_args)
-        self.bar = _progress_bar(progress)
-
-    def __enter__(self) -> _Pipeline:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.bar.close()
-        for writer in self.writers.values():
-            writer.abandon()
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-
-    def add(self, split: str, shard: int, pos: int, doc: Document) -> None:
-        """Queue a document for (split, shard, position)."""
-        self.chunk.append(doc.text)
-        self.slots.append((split, shard, pos, {"id": doc.doc_id, "source": doc.source}))
-        self.size += len(doc.utf8)
-        if self.size >= self.chunk_chars:
-            self._submit()
-
-    def flush(self) -> None:
-        """Wait for all results and commit every open shard."""
-        self._submit()
-        while self.pending:
-            self._finish_oldest()
-        for split in list(self.writers):
-            self._commit(split)
-
-    def _submit(self) -> None:
-        if self.chunk:
-            result = (
-                self.pool.apply_async(_encode_chunk, (self.chunk,)) if self.pool else _Done(_encode_chunk(self.chunk))
-            )
-            self.pending.append((result, self.slots))
-        self.chunk, self.slots, self.size = [], [], 0
-        while len(self.pending) > 2 * self.workers + 1:
-            self._finish_oldest()
-
-    def _finish_oldest(self) -> None:
-        result, slots = self.pending.popleft()
-        for (split, shard, pos, meta), encoded in zip(slots, result.get()):
-            writer = self.writers.get(split)
-            if writer is None:
-                writer = self.writers[split] = ShardWriter(self.out, split, shard)
-            if encoded is None:
-                writer.no_tokens += 1
-            else:
-                ids, ends = np.frombuffer(encoded[0], dtype=self.token_dtype), np.frombuffer(encoded[1], dtype="<u4")
-                sample = encode_sample(sample_key(split, shard, pos), ids, ends, meta)
-                writer.add(sample, int(ids.size), int(ends.size), zlib.crc32(sample))
-                self.tokens += int(ids.size)
-            if pos == self.docs_per_shard - 1:
-                self._commit(split)
-        self.bar.update(len(slots))
-
-    def _commit(self, split: str) -> None:
-        writer = self.writers.pop(split)
-        self.records[(split, writer.shard)] = (writer.commit(), np.array(writer.rows, dtype=INDEX_DTYPE))
+TASK_LOG = "tasks.jsonl"  # under PROGRESS_DIR
 
 
 @dataclass
@@ -230,11 +72,19 @@ class Job:
     state: dict[str, Any]
     workers: int
     progress: bool
-    chunk_chars: int
+    block_bytes: int | None
 
     @property
     def splits(self) -> list[str]:
         return ["train", "val"] if self.settings["val_fraction"] > 0 else ["train"]
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (Slurm's and taskset's limits; os.cpu_count() counts the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _check_numbers(segment_length: int, docs_per_shard: int, val_fraction: float, workers: int) -> None:
@@ -257,8 +107,10 @@ def make_job(
 ) -> Job:
     """Check the arguments, resolve the inputs, load the tokenizer; the run's settings and state."""
     o = options
-    workers = (os.cpu_count() or 1) if o["workers"] is None else o["workers"]
+    workers = available_cpus() if o["workers"] is None else o["workers"]
     _check_numbers(segment_length, o["docs_per_shard"], o["val_fraction"], workers)
+    if o["block_bytes"] is not None and o["block_bytes"] < 1:
+        raise DataError(f"--block-bytes must be >= 1, got {o['block_bytes']}")
     reader = DocumentReader(
         list(inputs),
         text_field=o["text_field"],
@@ -282,17 +134,8 @@ def make_job(
         "tokenizer_sha256": tokenizer_sha256(source_tokenizer),
     }
     state = {"settings": settings, "inputs": reader.fingerprint()}
-    return Job(
-        Path(output),
-        os.fspath(tokenizer),
-        source_tokenizer,
-        reader,
-        settings,
-        state,
-        workers,
-        o["progress"],
-        o["chunk_chars"],
-    )
+    name = os.fspath(tokenizer)
+    return Job(Path(output), name, source_tokenizer, reader, settings, state, workers, o["progress"], o["block_bytes"])
 
 
 def copy_tokenizer(job: Job, out: Path) -> Any:
@@ -304,57 +147,226 @@ def copy_tokenizer(job: Job, out: Path) -> Any:
 
 @dataclass
 class Tokenized:
-    """What `tokenize_into` wrote: shard records (with the reused ones), positions taken per split, tokens."""
+    """What `tokenize_into` wrote: shard records (with the reused ones), positions taken per split, what was read,
+    tokens written by this run, the tokenizer copy."""
 
-    records: dict[tuple[str, int], tuple[dict[str, Any], np.ndarray]]
+    records: dict[tuple[str, int], dict[str, Any]]
     reused: int
     positions: dict[str, int]
+    stats: ReadStats
     tokens: int
     tokenizer: Any
 
 
-def tokenize_into(job: Job, out: Path, state: dict[str, Any], documents: Iterable[Document]) -> Tokenized:
-    """Tokenize `documents` into the shards of `out` (created or resumed), recording progress in out/.progress/.
-
-    Document n of a split (counting those without tokens) goes to shard n // K, position n % K.
-    """
+def tokenize_into(
+    job: Job, out: Path, state: dict[str, Any], parts: list[tuple[Source, int | None, int | None]], label: str
+) -> Tokenized:
+    """Shard `parts` (tasks.plan_tasks) into `out` (created or resumed), recording progress in out/.progress/."""
     for split in job.splits:
         (out / split).mkdir(parents=True, exist_ok=True)
-    (out / PROGRESS_DIR).mkdir(exist_ok=True)
+    (out / PROGRESS_DIR / PIECES).mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / PROGRESS_DIR / "state.json", state)
     tok = copy_tokenizer(job, out)  # the copy tokenizes, so the SHARD_DIR holds what made its shards
-    done = load_progress(out)
-    stale = {p for split in job.splits for p in (out / split).glob("*.tar")}
-    stale -= {out / rec["path"] for rec, _ in done.values()}
-    for path in [*stale, *(p for split in job.splits for p in (out / split).glob("*.tmp"))]:
+    candidates = load_progress(out)
+    _remove_leftovers(out, job.splits, candidates)
+    total = sum(part.size if start is None else end - start for part, start, end in parts)
+    block = job.block_bytes or block_size(total, job.workers)
+    executor = _executor(job, out, tok)
+    failed = True
+    try:
+        run = _Run(out, plan_tasks(parts, block), block, executor, job.settings["docs_per_shard"])
+        result = run.start(candidates, label, job.progress, total)
+        failed = False
+    finally:
+        executor.close(failed)
+    return Tokenized(result.records, result.reused, result.positions, result.stats, result.tokens, tok)
+
+
+def _executor(job: Job, out: Path, tok: Any) -> InlineExecutor | ProcessExecutor:
+    """`job.workers` worker processes writing into `out` (none: this process) with the tokenizer copy `tok`."""
+    settings = job.settings
+    encoder = EncoderSetup(
+        tok.backend_tokenizer.to_str(), sentence_end_table(tok), settings["segment_length"], token_dtype(len(tok)).str
+    )
+    setup = WorkerSetup(
+        out=out,
+        encoder=encoder,
+        check=RecordCheck(settings["text_field"], settings["id_field"], settings["skip_bad_records"]),
+        docs_per_shard=settings["docs_per_shard"],
+        val_fraction=settings["val_fraction"],
+        dataset_split=settings["dataset_split"],
+        dataset_config=settings["dataset_config"],
+    )
+    return ProcessExecutor(setup, job.workers) if job.workers > 0 else InlineExecutor(setup)
+
+
+def run_merge_jobs(job: Job, tok: Any, jobs: list[MergeJob]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The shards of a merge of slices, written by the workers (each job one shard); their records."""
+    executor, records, queue, outstanding = _executor(job, job.out, tok), {}, list(jobs), 0
+    failed = True
+    try:
+        while queue or outstanding:
+            while queue and outstanding < executor.capacity:
+                executor.submit(queue.pop())
+                outstanding += 1
+            _, message = executor.next_event()
+            if isinstance(message, Recorded):
+                records[(message.split, message.shard)] = message.record
+            elif isinstance(message, JobDone):
+                outstanding -= 1
+            elif isinstance(message, Failed):
+                raise message.error or RuntimeError(f"a sharding worker failed:\n{message.traceback}")
+        failed = False
+    finally:
+        executor.close(failed)
+    return records
+
+
+def _remove_leftovers(out: Path, splits: list[str], kept: dict[tuple[str, int], dict[str, Any]]) -> None:
+    """Delete what an interrupted run left that no record vouches for: shards, temporary files, pieces."""
+    stale = {p for split in splits for p in (out / split).glob("*.tar")}
+    stale -= {out / rec["path"] for rec in kept.values()}
+    leftovers = [
+        *(p for split in splits for p in (out / split).glob("*.tmp")),
+        *(out / PROGRESS_DIR / PIECES).iterdir(),
+    ]
+    for path in [*stale, *leftovers]:
         path.unlink()
 
-    records: dict[tuple[str, int], tuple[dict[str, Any], np.ndarray]] = dict(done)
-    counters: collections.Counter = collections.Counter()
-    docs_per_shard, val_fraction = job.settings["docs_per_shard"], job.settings["val_fraction"]
-    tok_json, dtype = tok.backend_tokenizer.to_str(), token_dtype(len(tok)).str
-    init_args = (tok_json, sentence_end_table(tok), job.settings["segment_length"], dtype)
-    with _Pipeline(out, docs_per_shard, job.workers, init_args, records, job.progress, job.chunk_chars) as pipeline:
-        for doc in documents:
-            split = split_of(doc.utf8, val_fraction)
-            shard, pos = divmod(counters[split], docs_per_shard)
-            counters[split] += 1
-            if (split, shard) in done:
-                pipeline.bar.update(1)
-            else:
-                pipeline.add(split, shard, pos, doc)
-        pipeline.flush()
-    positions = {split: counters[split] for split in job.splits}
-    return Tokenized(records, len(done), positions, pipeline.tokens, tok)
+
+@dataclass
+class _Result:
+    records: dict[tuple[str, int], dict[str, Any]]
+    reused: int
+    positions: dict[str, int]
+    stats: ReadStats
+    tokens: int
+
+
+class _Run:
+    """The main loop of `tokenize_into`: hand works and seals to the executor, the messages to the scheduler."""
+
+    def __init__(self, out: Path, tasks: list[Task], block: int, executor: Any, docs_per_shard: int) -> None:
+        self.out, self.tasks, self.block, self.executor, self.k = out, tasks, block, executor, docs_per_shard
+        self.log_path = out / PROGRESS_DIR / TASK_LOG
+        self.stats: dict[int, ReadStats] = {}
+        self.owner: dict[int, int] = {}
+        self.queue: collections.deque = collections.deque()
+        self.outstanding = 0
+        self.tokens = 0
+
+    def start(self, candidates: dict, label: str, progress: bool, total: int) -> _Result:
+        done = self.verify(candidates)
+        self.scheduler = Scheduler(self.tasks, self.k, done)
+        logged = self.logged(done)
+        needed = [(i, task) for i, task in enumerate(self.tasks) if i not in logged]
+        self.queue.extend(plan_work(needed, self.block))
+        reused = sum(self.tasks[i].size for i in logged)
+        self.progress = Progress(label, total, progress, reused=reused)
+        try:
+            self.loop()
+        finally:
+            self.progress.close()
+        stats = ReadStats()
+        for index in range(len(self.tasks)):
+            stats.update(self.stats[index])
+        return _Result(self.scheduler.records, len(done), self.scheduler.totals(), stats, self.tokens)
+
+    def verify(self, candidates: dict) -> dict:
+        """The shards of an earlier run that are as recorded (checked in the workers, in parallel)."""
+        if not candidates:
+            return {}
+        for (split, shard), record in candidates.items():
+            self.executor.submit(VerifyJob(split, shard, record))
+        done, answers = {}, 0
+        while answers < 2 * len(candidates):  # a Verified and a JobDone each
+            _, message = self.executor.next_event()
+            answers += 1
+            if isinstance(message, Verified) and message.ok:
+                done[(message.split, message.shard)] = candidates[(message.split, message.shard)]
+            elif isinstance(message, Failed):
+                self.fail(message)
+        return done
+
+    def logged(self, done: dict) -> set[int]:
+        """Tasks an earlier run finished whose documents all went to kept shards: placed from the task log, not
+        read again."""
+        if not done or not self.log_path.is_file():
+            return set()
+        entries = {}
+        for line in self.log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed run
+                continue
+            entries[entry["key"]] = entry
+        skipped = set()
+        for index, task in enumerate(self.tasks):
+            entry = entries.get(task.key)
+            if entry is None:
+                break
+            self.scheduler.scanned(Scanned(index, entry["positions"], entry["lines"]))
+            if not self.scheduler.fully_done(index):
+                break
+            self.stats[index] = ReadStats.from_dict(entry["stats"])
+            skipped.add(index)
+        return skipped
+
+    def loop(self) -> None:
+        scheduler = self.scheduler
+        while self.outstanding or self.queue or not scheduler.complete():
+            while self.queue and self.outstanding < self.executor.capacity:
+                self.executor.submit(self.queue.popleft())
+                self.outstanding += 1
+            if not self.outstanding:
+                raise RuntimeError("the sharding run has nothing left to do but is not complete")  # a bug
+            worker, message = self.executor.next_event()
+            self.handle(worker, message)
+
+    def handle(self, worker: int, message: Any) -> None:
+        scheduler = self.scheduler
+        if isinstance(message, Scanned):
+            self.owner[message.task] = worker
+            for task, placement in scheduler.scanned(message):
+                self.executor.place(self.owner.pop(task, worker), task, placement)
+            if scheduler.all_placed:
+                self.queue.extendleft(scheduler.ready())
+        elif isinstance(message, Piece):
+            self.queue.extendleft(scheduler.piece(message))
+            self.progress.wrote(message.piece["documents"], message.piece["tokens"])
+        elif isinstance(message, Recorded):
+            scheduler.recorded(message.split, message.shard, message.record)
+            if message.whole:  # a sealed shard's documents were counted with its pieces
+                self.progress.wrote(message.record["documents"], message.record["tokens"])
+        elif isinstance(message, TaskDone):
+            self.task_done(message)
+        elif isinstance(message, JobDone):
+            self.outstanding -= 1
+        elif isinstance(message, Failed):
+            self.fail(message)
+
+    def task_done(self, message: TaskDone) -> None:
+        self.stats[message.task] = message.stats
+        self.tokens += message.tokens
+        self.progress.read_bytes(message.size)
+        scan, task = self.scheduler.scans[message.task], self.tasks[message.task]
+        entry = {"key": task.key, "positions": scan.positions, "lines": scan.lines, "stats": message.stats.as_dict()}
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(json.dumps(entry) + "\n")
+
+    def fail(self, message: Failed) -> None:
+        if message.error is not None:
+            raise message.error
+        raise RuntimeError(f"a sharding worker failed:\n{message.traceback}")
 
 
 def read_statistics(stats: ReadStats, records: dict) -> dict[str, Any]:
     """The manifest's `stats`: documents read, written, skipped by reason (no_tokens from the shards), invalid UTF-8."""
     skipped = dict(stats.skipped)
-    skipped["no_tokens"] = sum(rec["no_tokens"] for rec, _ in records.values())
+    skipped["no_tokens"] = sum(rec["no_tokens"] for rec in records.values())
     return {
         "documents_read": stats.documents_read,
-        "documents_written": sum(rec["documents"] for rec, _ in records.values()),
+        "documents_written": sum(rec["documents"] for rec in records.values()),
         "skipped": skipped,
         "invalid_utf8": stats.invalid_utf8,
     }
@@ -386,7 +398,6 @@ def write_manifest(job: Job, tok: Any, records: dict, stats: dict[str, Any]) -> 
     return manifest
 
 
-def _progress_bar(enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(desc="sharding", unit=" docs", disable=not enabled, smoothing=0.1, mininterval=0.5)
+def whole_inputs(job: Job) -> list[tuple[Source, int | None, int | None]]:
+    """Every input, whole: the parts of a single run."""
+    return [(source, None, None) for source in job.reader.sources]

@@ -10,6 +10,7 @@ lands in exactly one segment, in order: nothing is dropped.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,3 +39,33 @@ def segment_ends(ids: np.ndarray, is_sentence_end: np.ndarray, segment_length: i
     if n > pos:
         ends.append(n)
     return np.asarray(ends, dtype=np.uint32)
+
+
+def segment_ends_batch(
+    ids: np.ndarray, lengths: Sequence[int], is_sentence_end: np.ndarray, segment_length: int
+) -> list[list[int]]:
+    """`segment_ends` of many documents at once, as lists: `ids` holds their token ids end to end, `lengths[i]`
+    tokens each. One vectorised pass finds the sentence ends of the whole batch, so a document costs a few
+    bisections instead of a few numpy calls (what the sharding workers use; the same cuts, tested)."""
+    if segment_length < 1:
+        raise ValueError(f"segment_length must be >= 1, got {segment_length}")
+    cuts = (np.flatnonzero(is_sentence_end[ids]) + 1).tolist()  # offsets in the batch just after a sentence end
+    out: list[list[int]] = []
+    start = 0
+    for n in lengths:
+        if n <= segment_length:
+            out.append([n] if n else [])
+            start += n
+            continue
+        ends: list[int] = []
+        pos, end = start, start + n
+        while end - pos > segment_length:
+            limit = pos + segment_length
+            k = bisect.bisect_right(cuts, limit) - 1
+            cut = cuts[k] if k >= 0 and cuts[k] > pos else limit
+            ends.append(cut - start)
+            pos = cut
+        ends.append(n)
+        out.append(ends)
+        start = end
+    return out

@@ -1,11 +1,11 @@
 """`shard_documents`: a corpus → a SHARD_DIR (format/manifest.py), in one run or in slices merged at the end.
 
-Single run: the pipeline (pipeline.py) reads, tokenizes and segments the inputs into shards (writer.py), then
-writes each split's index.npy and `manifest.json`, and removes `.progress/`. Each shard is written to
+Single run: the pipeline (pipeline.py) has workers read, tokenize and segment the inputs into shards (writer.py),
+then writes each split's index.npy and `manifest.json`, and removes `.progress/`. Each shard is written to
 `shard-NNNNNN.tar.tmp`, renamed when complete and recorded in `SHARD_DIR/.progress/`; re-running the same command
-after an interruption re-reads the input but only tokenizes the documents of shards not yet recorded. Re-running a
-finished command does nothing; different settings or inputs for an existing SHARD_DIR are refused unless
-`overwrite=True` (output.py).
+after an interruption (even `kill -9`) keeps every shard recorded (checked by sha256), skips the inputs whose
+documents all went to them, and writes the rest. Re-running a finished command does nothing; different settings or
+inputs for an existing SHARD_DIR are refused unless `overwrite=True` (output.py).
 
 Sliced run (`num_slices`, `slice_index`, `merge`; one Slurm array task per slice, see slurm/prepare_data.sh):
 slices.py. Each slice runs the same pipeline over its part of the inputs into `SHARD_DIR/.slices/slice-IIIII/`,
@@ -18,8 +18,8 @@ import os
 import shutil
 import time
 
-from .output import PROGRESS_DIR, prepare_output
-from .pipeline import check_written, make_job, read_statistics, tokenize_into, write_manifest
+from .output import OWNED, PROGRESS_DIR, discarded_on_bad_input, prepare_output
+from .pipeline import check_written, make_job, read_statistics, tokenize_into, whole_inputs, write_manifest
 from .slices import run_sliced
 from .summary import ShardingSummary
 
@@ -40,14 +40,16 @@ def shard_documents(
     dataset_split: str = "train",
     dataset_config: str | None = None,
     progress: bool = True,
-    chunk_chars: int = 1 << 20,
+    block_bytes: int | None = None,
     num_slices: int | None = None,
     slice_index: int | None = None,
     merge: bool = False,
 ) -> ShardingSummary:
     """Tokenize, segment and shard `inputs` into the SHARD_DIR `output` (see the module docstring).
 
-    `workers` tokenizer processes (default: the CPU count; 0 tokenizes in this process). With `num_slices`
+    `workers` worker processes (default: the CPUs this process may use; 0: all in this process); `block_bytes`:
+    input bytes per unit of work (default: about 4 per worker, 1 to 64 MiB; the output does not depend on it). With
+    `num_slices`
     N, either `slice_index` I (0-based) tokenizes only slice I into `output/.slices/`, or `merge=True`
     merges the N finished slices into the same SHARD_DIR this function writes without them (slices.py;
     IncompleteSlicesError when slices are missing). Returns the summary; raises DataError
@@ -57,16 +59,19 @@ def shard_documents(
     options = dict(
         workers=workers, val_fraction=val_fraction, text_field=text_field, id_field=id_field,
         docs_per_shard=docs_per_shard, skip_bad_records=skip_bad_records, dataset_split=dataset_split,
-        dataset_config=dataset_config, progress=progress, chunk_chars=chunk_chars,
+        dataset_config=dataset_config, progress=progress, block_bytes=block_bytes,
     )  # fmt: skip
     if num_slices is not None or slice_index is not None or merge:
         return run_sliced(inputs, tokenizer, output, segment_length, options, num_slices, slice_index, merge, overwrite)
     job = make_job(inputs, tokenizer, output, segment_length, options)
-    if prepare_output(job.out, job.state, overwrite) == "complete":
+    existed = job.out.exists()
+    status = prepare_output(job.out, job.state, overwrite)
+    if status == "complete":
         return ShardingSummary.of_finished(job.out, seconds=time.perf_counter() - started, workers=job.workers)
-    result = tokenize_into(job, job.out, job.state, job.reader)
-    stats = read_statistics(job.reader.stats, result.records)
-    check_written(stats, job.reader.stats.bad_record_examples)
+    with discarded_on_bad_input(job.out, OWNED, status == "fresh", existed):
+        result = tokenize_into(job, job.out, job.state, whole_inputs(job), "sharding")
+        stats = read_statistics(result.stats, result.records)
+        check_written(stats, result.stats.bad_record_examples)
     manifest = write_manifest(job, result.tokenizer, result.records, stats)
     shutil.rmtree(job.out / PROGRESS_DIR)
     return ShardingSummary.from_record(
@@ -77,5 +82,5 @@ def shard_documents(
         shards_written=len(result.records) - result.reused,
         tokens_this_run=result.tokens,
         ignored_files=job.reader.stats.ignored_files,
-        bad_record_examples=job.reader.stats.bad_record_examples,
+        examples=result.stats,
     )

@@ -19,7 +19,7 @@ Either way the slices' documents, concatenated in slice order, are the single-pr
 A slice beginning inside a file reads that file's bytes before its range once, only to count lines (a
 sample names its source as `file:line`); it tokenizes nothing outside its range.
 
-A slice (`shard_slice`) runs the single-process pipeline (pipeline.tokenize_into) over its documents into
+A slice (`shard_slice`) runs the pipeline of a single run (pipeline.tokenize_into) over its parts into
 its own folder, `SHARD_DIR/.slices/slice-IIIII/`, a small shard directory with shards numbered from 0 in
 the slice, its own `.progress/` and tokenizer copy, and `slice.json`, written last, which marks the slice
 done: its state (settings, inputs, N, I), its parts, the positions each split took (documents, those
@@ -31,10 +31,11 @@ The merge (`merge_slices`) checks that all N slices are done with this run's set
 (IncompleteSlicesError naming the others: exit status 1 of the script), then re-numbers the samples: the
 n-th document of a split over all slices (slice I's local position plus the positions of the slices
 before it) goes to shard n // K, position n % K, exactly as in a single run. Only the tar headers of each
-sample change (its key `{split}-{shard:06d}-{pos:06d}`); the token arrays are copied as they are. It
-writes the tokenizer copy, the shards, each `index.npy` and `manifest.json` (stats summed over the
-slices), then removes `.slices/`. Re-running it after that does nothing; an interrupted merge starts over
-from the slices, which are only removed at the end.
+sample change (its key `{split}-{shard:06d}-{pos:06d}`); the token arrays are copied as they are. Each merged
+shard is one job (`merge_jobs`) that a worker process writes (`--workers`; writer.remap: re-key, CRC-32, sha256,
+commit), so the merge scales with the merge job's cores like the slices. It writes the tokenizer copy, the shards,
+each `index.npy` and `manifest.json` (stats summed over the slices), then removes `.slices/`. Re-running it after
+that does nothing; an interrupted merge starts over from the slices, which are only removed at the end.
 """
 
 from __future__ import annotations
@@ -45,41 +46,40 @@ import json
 import os
 import shutil
 import time
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from memformers.files import write_json_atomic
 
-from ..errors import DataError, ShardError
-from ..format.manifest import INDEX_DTYPE
-from ..format.reader import SplitReader
-from ..format.samples import key_of, parse_sample_key, rekey, sample_key
+from ..errors import DataError, IncompleteSlicesError
 from .output import (
     OWNED,
     PROGRESS_DIR,
     SLICES_DIR,
     differences,
+    discarded_on_bad_input,
     finished_state,
     folder_entries,
     refusal,
     remove_entries,
 )
-from .pipeline import Job, check_written, copy_tokenizer, make_job, read_statistics, tokenize_into, write_manifest
-from .sources import MAX_KEPT_MESSAGES, Document, DocumentReader, Source, open_binary
+from .pipeline import (
+    Job,
+    check_written,
+    copy_tokenizer,
+    make_job,
+    read_statistics,
+    run_merge_jobs,
+    tokenize_into,
+    write_manifest,
+)
+from .sources import ReadStats, Source
 from .summary import ShardingSummary
-from .writer import ShardWriter, finish_split
+from .worker import MergeJob
+from .writer import SliceRun, finish_split
 
 SLICE_INFO = "slice.json"
-_COUNT_CHUNK = 1 << 24
-
-
-class IncompleteSlicesError(DataError):
-    """The merge found slices missing, unfinished, damaged or made with other settings (named in the message)."""
 
 
 def slice_dir(out: Path, index: int) -> Path:
@@ -107,6 +107,9 @@ class Part:
         where = self.source.location
         return where if self.start is None else f"{where} bytes [{self.start}, {self.end})"
 
+    def as_tuple(self) -> tuple[Source, int | None, int | None]:
+        return self.source, self.start, self.end
+
 
 def _weight(source: Source) -> int:
     """An input's size in bytes, for balancing the slices (0 for a 🤗 dataset name)."""
@@ -119,11 +122,8 @@ def _weight(source: Source) -> int:
 
 
 def _line_splittable(source: Source) -> bool:
-    """An uncompressed JSON lines file (the test DocumentReader applies to tell lines from one array)."""
-    if source.kind != "json" or source.compression:
-        return False
-    with open_binary(source.location, None) as f:
-        return f.peek(1 << 16).lstrip()[:1] != b"["
+    """An uncompressed JSON lines file."""
+    return source.kind == "json" and not source.compression and not source.is_json_array()
 
 
 def plan_slices(sources: list[Source], count: int) -> list[list[Part]]:
@@ -164,61 +164,6 @@ def _byte_ranges(sources: list[Source], weights: list[int], count: int) -> list[
             slices[max(i for i in range(count) if bounds[i] <= start)].append(Part(source))
         start += weight
     return slices
-
-
-class SliceDocuments:
-    """The documents of one slice's parts, read by `reader` (whose `stats` count them): whole inputs as
-    DocumentReader reads them, byte ranges of JSON lines files line by line, with the same records, line
-    numbers, checks and counts as a read of the whole file."""
-
-    def __init__(self, reader: DocumentReader, parts: list[Part]) -> None:
-        self.reader, self.parts = reader, parts
-
-    def __iter__(self) -> Iterator[Document]:
-        for part in self.parts:
-            if part.start is None:
-                yield from self.reader.read_source(part.source)
-            else:
-                yield from self._read_json_range(part)
-
-    def _read_json_range(self, part: Part) -> Iterator[Document]:
-        location = part.source.location
-        with open(location, "rb", buffering=1 << 20) as f:
-            start, end = _line_start(f, part.start), _line_start(f, part.end)
-            lineno = _count_lines(f, start)
-            f.seek(start)
-            pos = start
-            while pos < end:
-                line = f.readline()
-                if not line:
-                    break
-                pos += len(line)
-                lineno += 1
-                if not line.isspace():  # blank lines are not records
-                    doc = self.reader.read_json_line(line, f"{location}:{lineno}")
-                    if doc is not None:
-                        yield doc
-
-
-def _line_start(f: Any, offset: int) -> int:
-    """The first line start at or after `offset` in the binary file `f`."""
-    if offset == 0:
-        return 0
-    f.seek(offset - 1)
-    return offset - 1 + len(f.readline())
-
-
-def _count_lines(f: Any, end: int) -> int:
-    """Newlines in the first `end` bytes of `f`."""
-    f.seek(0)
-    lines, left = 0, end
-    while left > 0:
-        chunk = f.read(min(_COUNT_CHUNK, left))
-        if not chunk:
-            break
-        lines += chunk.count(b"\n")
-        left -= len(chunk)
-    return lines
 
 
 # -- entry point ---------------------------------------------------------------------------------------
@@ -280,14 +225,16 @@ def shard_slice(job: Job, index: int, count: int, overwrite: bool, started: floa
     if info is not None:
         return _slice_summary(directory, info, label, time.perf_counter() - started, job, already_complete=True)
     parts = plan_slices(job.reader.sources, count)[index]
-    result = tokenize_into(job, directory, state, SliceDocuments(job.reader, parts))
+    fresh = not (directory / PROGRESS_DIR / "state.json").is_file()
+    with discarded_on_bad_input(directory.parent, (directory.name,), fresh, existed=True):
+        result = tokenize_into(job, directory, state, [p.as_tuple() for p in parts], f"slice {index}")
     info = {
         "state": state,
         "parts": [p.describe() for p in parts],
-        "positions": result.positions,
+        "positions": {split: result.positions[split] for split in job.splits},
         "splits": {split: finish_split(directory, split, result.records) for split in job.splits},
-        "stats": read_statistics(job.reader.stats, result.records),
-        "bad_record_examples": job.reader.stats.bad_record_examples,
+        "stats": read_statistics(result.stats, result.records),
+        **{k: v for k, v in result.stats.as_dict().items() if k.endswith("_examples")},
     }
     write_json_atomic(directory / SLICE_INFO, info)  # last: marks the slice done
     shutil.rmtree(directory / PROGRESS_DIR)
@@ -333,7 +280,7 @@ def _slice_summary(directory: Path, info: dict, label: str, seconds: float, job:
         workers=job.workers,
         label=label,
         ignored_files=job.reader.stats.ignored_files,
-        bad_record_examples=info["bad_record_examples"],
+        examples=_examples([info]),
         **counts,
     )
 
@@ -364,12 +311,11 @@ def merge_slices(job: Job, count: int, overwrite: bool, started: float) -> Shard
         (out / split).mkdir(parents=True)
     (out / PROGRESS_DIR).mkdir()
     tok = copy_tokenizer(job, out)
-    records: dict[tuple[str, int], tuple[dict[str, Any], np.ndarray]] = {}
-    for split in job.splits:
-        _merge_split(out, split, slices, job.settings["docs_per_shard"], records)
+    jobs = [j for split in job.splits for j in merge_jobs(split, slices, job.settings["docs_per_shard"])]
+    records = run_merge_jobs(job, tok, jobs)
     stats = _sum_statistics([s.info["stats"] for s in slices])
-    examples = [e for s in slices for e in s.info["bad_record_examples"]][:MAX_KEPT_MESSAGES]
-    check_written(stats, examples)
+    examples = _examples([s.info for s in slices])
+    check_written(stats, examples.bad_record_examples)
     manifest = write_manifest(job, tok, records, stats)
     shutil.rmtree(out / PROGRESS_DIR)
     shutil.rmtree(out / SLICES_DIR)
@@ -377,11 +323,11 @@ def merge_slices(job: Job, count: int, overwrite: bool, started: float) -> Shard
         manifest,
         out,
         seconds=time.perf_counter() - started,
-        workers=0,
+        workers=job.workers,
         label=f"shard directory (merged from {count} slice{'s' if count > 1 else ''})",
         shards_written=len(records),
         ignored_files=job.reader.stats.ignored_files,
-        bad_record_examples=examples,
+        examples=examples,
     )
 
 
@@ -426,6 +372,14 @@ def _slice_problem(directory: Path, state: dict[str, Any]) -> tuple[str | None, 
     return None, info
 
 
+def _examples(infos: list[dict[str, Any]]) -> ReadStats:
+    """The first few bad records, empty documents and invalid UTF-8 of slices (their slice.json), in order."""
+    examples = ReadStats()
+    for info in infos:
+        examples.update(ReadStats.from_dict(info))  # slice.json: the examples, by kind, at its top level
+    return examples
+
+
 def _sum_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """The slices' read statistics added up (a skip reason appears when any slice has it)."""
     skipped: dict[str, int] = {}
@@ -436,80 +390,22 @@ def _sum_statistics(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return total | {"skipped": skipped}
 
 
-def _merge_split(out: Path, split: str, slices: list[_Slice], docs_per_shard: int, records: dict) -> None:
-    """Write the shards of `split` from the slices' samples, re-numbered over all slices."""
-    merger = _SplitMerger(out, split, docs_per_shard, sum(s.info["positions"][split] for s in slices), records)
-    base = 0
+def merge_jobs(split: str, slices: list[_Slice], docs_per_shard: int) -> list[MergeJob]:
+    """The merge of `split` as one job per merged shard: position n over all slices (slice I's local position plus
+    the positions of the slices before it, documents without tokens counted) goes to shard n // K, position n % K,
+    as in a single run; every shard up to the last position is written (an all-`no_tokens` one too, empty)."""
+    spans, base = [], 0  # each slice's positions [base, base + n) over all slices
     for s in slices:
-        for local, sample, tokens, segments in _slice_samples(s, split, docs_per_shard):
-            merger.add(base + local, sample, tokens, segments)
+        spans.append((s, base, s.info["positions"][split]))
         base += s.info["positions"][split]
-    merger.finish()
-
-
-class _SplitMerger:
-    """Samples of one split, in order, into the shards of the SHARD_DIR: position n (over all slices, those
-    without tokens counted) → shard n // K, position n % K; every shard up to the last position is written,
-    as the single-process run writes it (an all-`no_tokens` shard too, empty)."""
-
-    def __init__(self, out: Path, split: str, docs_per_shard: int, positions: int, records: dict) -> None:
-        self.out, self.split, self.docs_per_shard, self.records = out, split, docs_per_shard, records
-        self.positions = positions
-        self.writer: ShardWriter | None = None
-        self.next_shard = 0
-
-    def add(self, n: int, sample: bytes, tokens: int, segments: int) -> None:
-        shard, pos = divmod(n, self.docs_per_shard)
-        while self.next_shard <= shard:
-            self._open_next()
-        sample = rekey(sample, sample_key(self.split, shard, pos))
-        self.writer.add(sample, tokens, segments, zlib.crc32(sample))
-
-    def finish(self) -> None:
-        while self.next_shard < -(-self.positions // self.docs_per_shard):
-            self._open_next()
-        self._commit()
-
-    def _open_next(self) -> None:
-        self._commit()
-        self.writer = ShardWriter(self.out, self.split, self.next_shard)
-        self.next_shard += 1
-
-    def _commit(self) -> None:
-        if self.writer is None:
-            return
-        writer, self.writer = self.writer, None
-        size = min(self.docs_per_shard, self.positions - writer.shard * self.docs_per_shard)
-        writer.no_tokens = size - len(writer.rows)
-        self.records[(self.split, writer.shard)] = (writer.commit(), np.array(writer.rows, dtype=INDEX_DTYPE))
-
-
-def _slice_samples(s: _Slice, split: str, docs_per_shard: int) -> Iterator[tuple[int, bytes, int, int]]:
-    """(local position, sample bytes, tokens, segments) of each sample of `split` in slice `s`, in order;
-    IncompleteSlicesError when a sample does not match the slice's index (a damaged slice)."""
-    try:
-        reader = SplitReader(s.directory, split, s.info)  # slice.json holds the manifest's `splits` entries
-        try:
-            for doc, row in enumerate(reader.index):
-                sample = reader.read_span(doc)
-                yield (
-                    _local_position(sample, split, docs_per_shard),
-                    sample,
-                    int(row["num_tokens"]),
-                    int(row["num_segments"]),
-                )
-        finally:
-            reader.close()
-    except ShardError as exc:
-        raise IncompleteSlicesError(
-            f"slice {s.index} is damaged: {exc}; delete {s.directory}, run slice {s.index} again, then merge again"
-        ) from exc
-
-
-def _local_position(sample: bytes, split: str, docs_per_shard: int) -> int:
-    """The position in its slice of a sample keyed `{split}-{shard}-{pos}`: shard * K + pos."""
-    key = key_of(sample)
-    prefix, shard, pos = parse_sample_key(key)
-    if prefix != split:
-        raise DataError(f"sample {key} found in split {split!r}")
-    return shard * docs_per_shard + pos
+    jobs = []
+    for shard in range(-(-base // docs_per_shard)):
+        low, high = shard * docs_per_shard, min(base, (shard + 1) * docs_per_shard)
+        runs = tuple(
+            SliceRun(str(s.directory), s.info["splits"][split], max(low, first) - first,
+                     min(high, first + n) - first, first)
+            for s, first, n in spans
+            if first < high and low < first + n
+        )  # fmt: skip
+        jobs.append(MergeJob(split, shard, runs, high - low))
+    return jobs

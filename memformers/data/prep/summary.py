@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..format.manifest import read_manifest
+from .sources import ReadStats
 
 
 @dataclass
@@ -31,7 +32,7 @@ class ShardingSummary:
     already_complete: bool = False
     label: str = "shard directory"  # what `output` is: the SHARD_DIR, or a slice of one
     ignored_files: list[str] = field(default_factory=list)
-    bad_record_examples: list[str] = field(default_factory=list)
+    examples: ReadStats = field(default_factory=ReadStats)  # names the first few bad records, empty, invalid UTF-8
 
     @property
     def reconciles(self) -> bool:
@@ -56,10 +57,12 @@ class ShardingSummary:
         tokens_this_run: int = 0,
         already_complete: bool = False,
         ignored_files: list[str] | None = None,
-        bad_record_examples: list[str] | None = None,
+        examples: ReadStats | None = None,
     ) -> ShardingSummary:
-        """The summary of the work `record` describes; shards not written by this run were reused."""
+        """The summary of the work `record` describes; shards not written by this run were reused. `examples`:
+        what was read, for the first few bad records, empty documents and invalid UTF-8 it names."""
         stats, splits = record["stats"], split_totals(record["splits"])
+        examples = examples or ReadStats()
         return cls(
             output=str(output),
             documents_read=stats["documents_read"],
@@ -75,7 +78,7 @@ class ShardingSummary:
             already_complete=already_complete,
             label=label,
             ignored_files=list(ignored_files or []),
-            bad_record_examples=list(bad_record_examples or []),
+            examples=examples,
         )
 
     @classmethod
@@ -112,8 +115,7 @@ class ShardingSummary:
             lines.append(
                 f"  ignored {len(self.ignored_files)} files of unsupported types, e.g. {self.ignored_files[0]}"
             )
-        for example in self.bad_record_examples:
-            lines.append(f"  skipped bad record: {example}")
+        lines += self.examples.example_lines()
         lines.append(
             "  reconciles: read = written + skipped" if self.reconciles else "  WARNING: counts do not reconcile"
         )

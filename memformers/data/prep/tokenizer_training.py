@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import TokenizerError
+from memformers.files import publish_dir
+
+from ..errors import DataError, TokenizerError
 from ..tokenizer import load_tokenizer, special_ids
-from .sources import DocumentReader
+from .sources import DocumentReader, ReadStats
 
 SPECIAL_PIECES = {"bos": "<s>", "pad": "<pad>", "eos": "</s>", "unk": "<unk>"}
 MASK_PIECE = "<mask>"
@@ -51,6 +53,7 @@ class TokenizerSummary:
     example: str
     example_tokens: list[str]
     seconds: float
+    read: ReadStats | None = None  # the first few bad records, empty documents and invalid UTF-8, by name
 
     def format(self) -> str:
         reasons = ", ".join(f"{k} {v:,}" for k, v in sorted(self.skipped.items()) if v) or "none"
@@ -67,6 +70,8 @@ class TokenizerSummary:
         ]
         if self.vocab_size < self.requested_vocab_size:
             lines.append("  note: the corpus supports fewer pieces than asked for; the vocabulary is smaller")
+        if self.read is not None:
+            lines += self.read.example_lines()
         return "\n".join(lines)
 
 
@@ -79,8 +84,16 @@ class _Feed:
     documents: int = 0
     lines: int = 0
     first_line: str = ""
+    error: DataError | None = None  # SentencePiece reports what its iterator raised as its own RuntimeError
 
     def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self._lines()
+        except DataError as error:
+            self.error = error
+            raise
+
+    def _lines(self) -> Iterator[str]:
         for doc in self.reader:
             self.documents += 1
             self.bar.update(1)
@@ -192,6 +205,32 @@ def _train_sentencepiece(
     return model.getvalue()
 
 
+def _trained(feed: _Feed, *args: Any) -> bytes:
+    """`_train_sentencepiece(feed, *args)`, its failures told as the input's (named by file and line) or its own."""
+    try:
+        return _train_sentencepiece(feed, *args)
+    except RuntimeError as exc:
+        if feed.error is not None:  # SentencePiece re-raises what its iterator raised as its own RuntimeError
+            raise feed.error from None
+        if feed.lines == 0:
+            raise TokenizerError(
+                f"no text to train on: every document was skipped ({dict(feed.reader.stats.skipped)})"
+            ) from exc
+        raise TokenizerError(f"SentencePiece training failed: {exc}") from exc
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    """A new or empty folder; one with files only with `overwrite` (the new tokenizer then replaces it whole)."""
+    if out.exists() and not out.is_dir():
+        raise TokenizerError(f"--output {out} exists and is not a folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        raise TokenizerError(
+            f"--output {out} is not empty (it holds {', '.join(held[:5])}{', ...' if len(held) > 5 else ''}): choose "
+            "a new or empty folder, or pass --overwrite to replace it with the new tokenizer"
+        )
+
+
 def _save_hf_tokenizer(model_proto: bytes, out: Path) -> None:
     """Save the SentencePiece model as a HF tokenizer directory (`save_pretrained`, generic fast class)."""
     from transformers import PreTrainedTokenizerFast
@@ -223,11 +262,13 @@ def train_tokenizer(
     seed: int = 0,
     num_threads: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> TokenizerSummary:
     """Train a byte-fallback SentencePiece tokenizer on `inputs` and save it as a HF tokenizer directory.
 
     `max_sentences` lines are sampled (reservoir) when the corpus has more. The vocabulary may come
-    out smaller than `vocab_size` when the corpus cannot support that many pieces.
+    out smaller than `vocab_size` when the corpus cannot support that many pieces. `output_dir` must be new or
+    empty unless `overwrite`; the tokenizer is written beside it and moved into place whole.
     """
     import sentencepiece as spm
     from tqdm.auto import tqdm
@@ -240,6 +281,8 @@ def train_tokenizer(
             f"--vocab-size {vocab_size} is too small: byte fallback alone takes 256 pieces plus 5 special "
             f"tokens; use at least {MIN_VOCAB_SIZE}"
         )
+    out = Path(output_dir)
+    _check_output(out, overwrite)
     reader = DocumentReader(
         list(inputs),
         text_field=text_field,
@@ -251,18 +294,10 @@ def train_tokenizer(
     with tqdm(desc="reading", unit=" docs", disable=not progress, mininterval=0.5) as bar:
         feed = _Feed(reader, bar)
         spm.set_random_generator_seed(seed)
-        try:
-            model_proto = _train_sentencepiece(
-                feed, model_type, vocab_size, character_coverage, max_sentences, num_threads
-            )
-        except RuntimeError as exc:
-            if feed.lines == 0:
-                raise TokenizerError(
-                    f"no text to train on: every document was skipped ({dict(reader.stats.skipped)})"
-                ) from exc
-            raise TokenizerError(f"SentencePiece training failed: {exc}") from exc
-    out = Path(output_dir)
-    _save_hf_tokenizer(model_proto, out)
+        model_proto = _trained(feed, model_type, vocab_size, character_coverage, max_sentences, num_threads)
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    _save_hf_tokenizer(model_proto, staging)
+    publish_dir(staging, out)
     loaded = load_tokenizer(out)
     ids = special_ids(loaded)
     expected = {"bos": 0, "pad": 1, "eos": 2, "unk": 3, "mask": 4}
@@ -281,4 +316,5 @@ def train_tokenizer(
         example=feed.first_line,
         example_tokens=loaded.tokenize(feed.first_line),
         seconds=time.perf_counter() - started,
+        read=reader.stats,
     )
