@@ -97,7 +97,8 @@ def startup_cases(root: Path, shards: Path) -> dict[str, tuple[list[str], dict, 
         "positions": (args(f"model.init_from={short}"), {}, ["segments of 48 tokens need 52 positions", "has 32"]),
         "special-ids": (args(f"model.init_from={other_pad}"), {}, ["other special token ids", "pad 3"]),
         "vocab": (args(f"model.init_from={small}"), {}, ["vocab_size 300 is smaller than", "600"]),
-        "no-model": (args(f"model.init_from={models / 'nope'}"), {}, ["no config.json there"]),
+        "no-model": (args(f"model.init_from={models / 'nope'}"), {}, ["nope does not exist", "hub id"]),
+        "not-a-model": (args(f"model.init_from={models}"), {}, ["no config.json there"]),
         "run-dir-is-a-file": (
             tiny_run_args(root / "a-file", shards, *FAST),
             {},
@@ -123,7 +124,7 @@ def startup_failures(tiny_shards, tmp_path_factory) -> dict[str, tuple[subproces
     "case",
     ["yaml-file", "yaml-override", "unknown-key", "bad-value", "ds-missing", "ds-invalid", "ds-rejected",
      "not-a-shard-dir", "bad-manifest", "truncated-shard", "positions", "special-ids", "vocab", "no-model",
-     "run-dir-is-a-file", "debug-traceback"],
+     "not-a-model", "run-dir-is-a-file", "debug-traceback"],
 )  # fmt: skip
 def test_startup_mistakes_are_one_line_and_exit_2(startup_failures, case):
     proc, words = startup_failures[case]
