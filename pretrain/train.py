@@ -24,7 +24,7 @@ from memformers.training.checkpoint import Checkpointer
 from memformers.training.compiling import CompileClock
 from memformers.training.config import PretrainConfig, load_config
 from memformers.training.corpus import Corpus
-from memformers.training.distributed import PeerFailure, Runtime, init_runtime, peer_failure, seed_everything
+from memformers.training.distributed import Runtime, init_runtime, peer_failure, seed_everything
 from memformers.training.engine import build_engine, build_model, initial_memory, parameter_count
 from memformers.training.evaluation import Evaluator
 from memformers.training.metrics import MetricsLogger
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         return train(run, stop)
     except RuntimeError as error:  # a collective that failed: because other ranks stalled or died?
-        failure = error if isinstance(error, PeerFailure) else peer_failure(error, run.runtime.collective_timeout_s)
+        failure = peer_failure(error, run.runtime.collective_timeout_s)
         if failure is None:
             raise
         return report(failure, EXIT_PEER_FAILURE)

@@ -91,10 +91,17 @@ def resolve_tag(root: str | Path, tag: str | None = None) -> str:
     return tag
 
 
+def writer_rank(name: str) -> int | None:
+    """The rank that wrote a checkpoint file, from its name (DeepSpeed's `…zero_pp_rank_R…`, the trainer's
+    `rank-R.pt`); None for the files of rank 0 alone (model states, trainer_state.json, …)."""
+    rank = re.search(r"(?:pp_rank_|^rank-)0*(\d+)", name)
+    return int(rank[1]) if rank else None
+
+
 def file_role(name: str) -> str:
     """What a checkpoint file holds, in words, from its name (DeepSpeed's naming and the trainer's)."""
-    rank = re.search(r"(?:pp_rank_|^rank-)0*(\d+)", name)
-    who = f"rank {rank[1]}'s " if rank else ""
+    rank = writer_rank(name)
+    who = f"rank {rank}'s " if rank is not None else ""
     if name.startswith("rank-"):
         return f"{who}trainer state (loader position, lane memory, RNG) {name}"
     if name.endswith("optim_states.pt"):
@@ -109,8 +116,7 @@ def contents_of(tag_dir: Path) -> dict:
     files = {}
     for path in sorted(p for p in tag_dir.rglob("*") if p.is_file() and p.name != CONTENTS):
         name = str(path.relative_to(tag_dir))
-        rank = re.search(r"(?:pp_rank_|^rank-)0*(\d+)", path.name)
-        files[name] = {"bytes": path.stat().st_size, "rank": int(rank[1]) if rank else 0}
+        files[name] = {"bytes": path.stat().st_size, "rank": writer_rank(path.name) or 0}
     return {"files": files}
 
 

@@ -111,16 +111,6 @@ class Part:
         return self.source, self.start, self.end
 
 
-def _weight(source: Source) -> int:
-    """An input's size in bytes, for balancing the slices (0 for a 🤗 dataset name)."""
-    path = Path(source.location)
-    if path.is_file():
-        return path.stat().st_size
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return 0
-
-
 def _line_splittable(source: Source) -> bool:
     """An uncompressed JSON lines file."""
     return source.kind == "json" and not source.compression and not source.is_json_array()
@@ -128,7 +118,7 @@ def _line_splittable(source: Source) -> bool:
 
 def plan_slices(sources: list[Source], count: int) -> list[list[Part]]:
     """The parts of each of `count` slices of `sources` (see the module docstring for the rule)."""
-    weights = [_weight(s) for s in sources]
+    weights = [s.size for s in sources]  # bytes (0 for a 🤗 dataset name)
     if len(sources) >= count:
         cuts = _input_cuts(weights, count)
         return [[Part(s) for s in sources[a:b]] for a, b in zip(cuts, cuts[1:])]

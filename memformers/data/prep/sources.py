@@ -299,10 +299,8 @@ class RecordCheck:
         if not counted:
             tally.documents_read += 1
         if isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                value, invalid = value.decode("utf-8", "replace"), True
+            value, replaced = decode_utf8(value)
+            invalid = invalid or replaced
         if not isinstance(value, str):
             what = "null" if value is None else f"a {type(value).__name__}, expected a string"
             self.bad(tally, number, f"field {self.text_field!r} is {what}")
@@ -524,6 +522,14 @@ def read_input(
         yield from read_dataset(source, check, tally, dataset_split, dataset_config)
 
 
+def decode_utf8(data: bytes) -> tuple[str, bool]:
+    """`data` as text, and whether it held invalid UTF-8 (then replaced by U+FFFD, and counted by the caller)."""
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "replace"), True
+
+
 def read_text(source: Source, check: RecordCheck, tally: Tally, number: int = 0) -> Iterator[Doc]:
     """A `.txt` input: one document (a byte-order mark is not content)."""
     try:
@@ -535,11 +541,7 @@ def read_text(source: Source, check: RecordCheck, tally: Tally, number: int = 0)
         tally.documents_read += 1
         check.bad(tally, number, damaged(source, exc))
         return
-    invalid = False
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text, invalid = data.decode("utf-8", "replace"), True
+    text, invalid = decode_utf8(data)
     if text.startswith("\ufeff"):
         text = text[1:]
     doc = check.value(text, number, tally, invalid=invalid)
@@ -555,11 +557,7 @@ def read_json_array(source: Source, check: RecordCheck, tally: Tally) -> Iterato
         if source.compression is None:
             raise
         raise BadRecordError(f"{source.location}: {damaged(source, exc)}") from exc
-    invalid = False
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text, invalid = data.decode("utf-8", "replace"), True
+    text, invalid = decode_utf8(data)
     try:
         records = json.loads(text)
     except json.JSONDecodeError as exc:
