@@ -10,7 +10,7 @@
    engine's formula: training.engine.flops_per_token), peak memory, the share of the step spent waiting for the
    loader, and the host synchronisations of a step; lanes sized by a memory probe.
 3. Writes DIR/results.json (default runs/gpu-check) and prints a table; on a GPU it also rewrites the GPU section
-   of BENCHMARKS.md.
+   of BENCHMARKS.md (the dry run writes that section to DIR/benchmarks-section.md instead).
 
 Every phase prints its elapsed time. A time guard (`--budget-s`) skips the phases that no longer fit and stops a
 phase that runs over (a SIGALRM: it takes effect when Python code runs again, not inside one long C++ call), and
@@ -18,7 +18,7 @@ the results written say what was skipped. Exit status: 0 when every check ran an
 was stopped (skipped ones are listed), 1 otherwise.
 
 Without CUDA (or with `--dry-run`) the same code runs on the CPU with the tiny preset, 64-token segments and a
-few steps: it shows the script works, not that a GPU does, and writes no BENCHMARKS.md.
+few steps: it shows the script works, not that a GPU does, and leaves BENCHMARKS.md alone.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class Plan:
     @classmethod
     def for_machine(cls, dry_run: bool, budget_s: float, models: list[str] | None) -> Plan:
         if dry_run:
-            return cls(True, models or ["tiny"], 64, 2, "ds_configs/zero2_fp32.json", 2, 1, 2, 66, 60, budget_s,
+            return cls(True, models or ["tiny"], 64, 2, "ds_configs/zero2_fp32.json", 2, 1, 3, 66, 60, budget_s,
                        {"correctness": 5, "probe": 5, "eager": 5, "compiled": 10})  # fmt: skip
         return cls(False, models or ["membart-base", "membart-large"], 512, 4, "ds_configs/zero2.json", 8, 2, 4, 514,
                    400, budget_s, {"correctness": 30, "probe": 25, "eager": 30, "compiled": 100})  # fmt: skip
@@ -135,7 +135,7 @@ def environment(runtime) -> dict:
         props = torch.cuda.get_device_properties(runtime.device)
         env.update(name=props.name, memory_gib=round(props.total_memory / 2**30, 1), sms=props.multi_processor_count)
     else:
-        env.update(name=platform.processor() or platform.machine(), cores=os.cpu_count())
+        env.update(name=f"CPU {platform.processor() or platform.machine()}", cores=os.cpu_count())
     return env
 
 
@@ -195,6 +195,8 @@ def table(results: dict) -> str:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "—"
         peak = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "—"
         compile_s = f"{r['compile_s']:.0f}" if r["compile_s"] is not None else "—"
+        if r.get("compiles_in_timed_steps"):
+            compile_s += f" ({r['compiles_in_timed_steps']} in the timed steps)"
         lines.append(f"| {r['model']} | {'replay' if r['replay'] else 'BPTT'} | {'yes' if r['compiled'] else 'no'} | "
                      f"{r['lanes']} | {r['tokens_per_s']:,.0f} | {mfu} | {peak} | {r['data_wait_share']:.1%} | "
                      f"{r['step_time_s']:.3f} | {compile_s} |")  # fmt: skip
@@ -207,9 +209,10 @@ def table(results: dict) -> str:
 def benchmarks_section(results: dict, command: str) -> str:
     env = results["environment"]
     syncs = next((r["host_syncs_per_step"] for r in results["throughput"] if "host_syncs_per_step" in r), None)
+    memory = f"{env['memory_gib']} GiB, {env['sms']} SMs" if "memory_gib" in env else f"{env['cores']} cores"
     lines = [
         f"{START} (written by bench/gpu_check.py on a GPU; `make bench` keeps it) -->",
-        f"- Device: {env['name']} ({env.get('memory_gib')} GiB), torch {env['torch']} (CUDA {env['cuda']}), "
+        f"- Device: {env['name']} ({memory}), torch {env['torch']} (CUDA {env['cuda']}), "
         f"transformers {env['transformers']}, DeepSpeed {env['deepspeed']}, Python {env['python']}",
         f"- Command: `{command}`, {results['date']}, {results['seconds']:.0f} s in all",
         "",
@@ -273,8 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     (output / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     print("\n" + table(results) + f"\n\nwrote {output / 'results.json'} ({budget.elapsed():.0f} s)")
-    if not dry_run:
-        rewrite_benchmarks(benchmarks_section(results, "make gpu-check"))
+    section = benchmarks_section(results, "make gpu-check")
+    if dry_run:  # the same section, beside results.json: the code that writes it runs in the dry run too
+        (output / "benchmarks-section.md").write_text(section + "\n")
+        print(f"dry run: BENCHMARKS.md is kept; a GPU run's section of it is in {output / 'benchmarks-section.md'}")
+    else:
+        rewrite_benchmarks(section)
         print("rewrote the GPU section of BENCHMARKS.md")
     failed = [c["name"] for c in results["checks"] if not c["passed"]]
     failed += [p["phase"] for p in budget.phases if p["status"].startswith(("failed", "stopped"))]

@@ -163,6 +163,7 @@ def _timed_steps(plan, run: Run, count_syncs: bool) -> dict:
     warmup_s = time.perf_counter() - started
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
+    compiles = run.clock.compiles
     records = [train_step(run.engine, run.feed, run.state, run.spec) for _ in range(plan.timed_steps)]
     peak = torch.cuda.max_memory_allocated(run.device) / 2.0**30 if run.device.type == "cuda" else None
     result = {
@@ -173,6 +174,9 @@ def _timed_steps(plan, run: Run, count_syncs: bool) -> dict:
         "peak_memory_gib": peak,
         "loss": records[-1]["loss"],
         "warmup_s": warmup_s,
+        # a variant first met after the warm-up (e.g. the first batch without padding) compiles in a timed step:
+        # the medians stand while it is fewer than half of the timed steps
+        "compiles_in_timed_steps": run.clock.compiles - compiles,
     }
     if count_syncs:
         result["host_syncs_per_step"] = _count_syncs(run)

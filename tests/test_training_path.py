@@ -9,11 +9,14 @@ warm; the three tests that compile share the tiny model's fp32 graphs, so only t
 from __future__ import annotations
 
 import json
+import platform
 import sys
 
 import pytest
 from conftest import tiny_run_args
 from launch import REPO, cpu_env, run
+
+from bench import gpu_check
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +82,12 @@ def test_gpu_check_dry_run_runs_the_whole_check_on_the_cpu(tmp_path):
     for r in results["throughput"]:
         assert r["tokens_per_s"] > 0 and 0.0 <= r["data_wait_share"] < 1.0 and r["lanes"] == 2
     assert (REPO / "BENCHMARKS.md").read_text() == benchmarks  # only a GPU run rewrites it
+    # What a GPU run puts in BENCHMARKS.md, made by the same code: between the markers, on a copy, all else kept.
+    section = (tmp_path / "benchmarks-section.md").read_text().strip()
+    assert section.startswith(gpu_check.START) and section.endswith(gpu_check.END)
+    assert "| tiny | replay | yes | 2 |" in section and f"Python {platform.python_version()}" in section
+    copy = tmp_path / "BENCHMARKS.md"
+    copy.write_text(benchmarks)
+    gpu_check.rewrite_benchmarks(section, copy)
+    head, tail = benchmarks.split(gpu_check.START)[0], benchmarks.split(gpu_check.END)[1]
+    assert copy.read_text() == head + section + tail
