@@ -12,7 +12,12 @@
 2. Loader: valid segments/s that `SegmentStreamLoader` yields (prefetch thread, 4 lanes, segments
    of 64 tokens), divided by the segments/s one training step of the tiny MemBART preset consumes
    (forward, backward and AdamW on the same batches, memory carried). Target: >= 100.
-3. Sharding memory (not with --quick): peak RSS of the main process and of the largest of 2 workers, each run
+3. Loader for a GPU: target tokens/s of the training path's loader at the GPU check's shape (512-token segments,
+   16 lanes, BART's noise in the prefetch thread: what `Corpus.stream` builds), divided by the target tokens/s
+   membart-base consumes at issue 19's goal, 35% MFU of one H100 (989 dense bf16 TFLOP/s, the engine's
+   `flops_per_token`; computed, not measured on a GPU). Target: >= 2, so that one loader thread per GPU keeps up
+   and holds Python's lock a small share of the time. The goal for membart-large (45%) asks 0.44x base's tokens.
+4. Sharding memory (not with --quick): peak RSS of the main process and of the largest of 2 workers, each run
    in a fresh process, on the benchmark corpus, on one 5 MB document, and on a 1 GB JSON lines file (the
    corpus repeated). A worker holds one unit of work (--block-bytes, at most 64 MiB of input) at a time, so its
    peak does not grow with the input.
@@ -281,12 +286,51 @@ def bench_loader(shards: Path, batches: int, steps: int) -> list[Result]:
     )]  # fmt: skip
 
 
+GPU_SEGMENT_LENGTH, GPU_LANES = 512, 16
+GOAL_MFU = {"membart-base": 0.35, "membart-large": 0.45}  # issue 19, on one H100
+
+
+def bench_loader_for_gpu(root: Path, corpus: Path, tokenizer_dir: Path, batches: int) -> list[Result]:
+    from memformers.models.membart import load_preset
+    from memformers.noising import BartDenoiser, DenoisingConfig
+    from memformers.training.distributed import PEAK_TFLOPS
+    from memformers.training.engine import flops_per_token
+
+    shards = root / "shards-512"
+    shard_documents([str(corpus)], tokenizer_dir, shards, GPU_SEGMENT_LENGTH, workers=2, val_fraction=0.0,
+                    progress=False)  # fmt: skip
+    denoiser = BartDenoiser.for_tokenizer(DenoisingConfig(), load_tokenizer(shards), seed=0)
+    loader = SegmentStreamLoader(shards, "train", lanes=GPU_LANES, segment_length=GPU_SEGMENT_LENGTH, seed=0,
+                                 epochs=None, transform=denoiser.collate)  # fmt: skip
+    iterator = iter(loader)
+    for _ in range(20):  # warm up: thread started, first documents read
+        next(iterator)
+    start, tokens = time.perf_counter(), 0
+    for _ in range(batches):
+        tokens += int((next(iterator)["labels"] != -100).sum())  # training.step.target_counts
+    rate = tokens / (time.perf_counter() - start)
+    iterator.close()
+    demand = {
+        p: round(mfu * PEAK_TFLOPS["H100"] * 1e12 / flops_per_token(load_preset(p))) for p, mfu in GOAL_MFU.items()
+    }
+    ratio = rate / demand["membart-base"]
+    return [Result(
+        "loader target tokens/s (512-token segments, BART noise) / membart-base's at 35% MFU on an H100",
+        round(ratio, 2), "ratio", ">= 2", ratio >= 2,
+        {"loader_target_tokens_per_s": round(rate), "goal_demand_tokens_per_s": demand,
+         "lanes": GPU_LANES, "segment_length": GPU_SEGMENT_LENGTH, "loader_batches": batches,
+         "demand": "computed from the MFU goal and flops_per_token, not measured on a GPU"},
+        COMMAND,
+    )]  # fmt: skip
+
+
 def run(quick: bool = False) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         root = Path(tmp)
         corpus, tokenizer_dir, texts = _corpus(root, 4000 if quick else 20000)
         results, shards = bench_sharding(root, corpus, tokenizer_dir, texts, repeats=1 if quick else 6)
         results += bench_loader(shards, batches=2000 if quick else 10000, steps=10 if quick else 30)
+        results += bench_loader_for_gpu(root, corpus, tokenizer_dir, batches=300 if quick else 2000)
         if not quick:
             results += bench_memory(root, corpus, tokenizer_dir, texts)
     return results
