@@ -8,7 +8,8 @@
 2. Throughput (bench/gpu_throughput.py): the training path with DeepSpeed ZeRO-2 in bf16 on one GPU, 512-token
    segments, membart-base and membart-large, BPTT and memory replay, eager and `model.compile`: tokens/s, MFU (the
    engine's formula: training.engine.flops_per_token), peak memory, the share of the step spent waiting for the
-   loader, and the host synchronisations of a step; lanes sized by a memory probe.
+   loader and the loader thread's CPU time per step time (GIL it takes from the loop that launches kernels), and
+   the host synchronisations of a step; lanes sized by a memory probe.
 3. Writes DIR/results.json (default runs/gpu-check) and prints a table; on a GPU it also rewrites the GPU section
    of BENCHMARKS.md (the dry run writes that section to DIR/benchmarks-section.md instead).
 
@@ -189,8 +190,8 @@ def table(results: dict) -> str:
     for c in results["checks"]:
         lines.append(f"| {c['name']} | {c['value']:.3g} | {c['bound']} {c['tolerance']:.3g} | "
                      f"{'yes' if c['passed'] else '**no**'} |")  # fmt: skip
-    lines += ["", "| model | backprop | compile | lanes | tokens/s | MFU | peak GiB | data wait | step s | compile s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| model | backprop | compile | lanes | tokens/s | MFU | peak GiB | data wait | loader CPU | step s "
+              "| compile s |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results["throughput"]:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "—"
         peak = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "—"
@@ -199,7 +200,7 @@ def table(results: dict) -> str:
             compile_s += f" ({r['compiles_in_timed_steps']} in the timed steps)"
         lines.append(f"| {r['model']} | {'replay' if r['replay'] else 'BPTT'} | {'yes' if r['compiled'] else 'no'} | "
                      f"{r['lanes']} | {r['tokens_per_s']:,.0f} | {mfu} | {peak} | {r['data_wait_share']:.1%} | "
-                     f"{r['step_time_s']:.3f} | {compile_s} |")  # fmt: skip
+                     f"{r['loader_cpu_share']:.1%} | {r['step_time_s']:.3f} | {compile_s} |")  # fmt: skip
     lines += ["", "| phase | status | seconds |", "|---|---|---|"]
     for p in results["phases"]:
         lines.append(f"| {p['phase']} | {p['status'].splitlines()[0][:90]} | {p.get('seconds', '')} |")

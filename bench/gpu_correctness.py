@@ -69,8 +69,17 @@ def rollout_loss_and_grads(model, batches: list[dict], device: torch.device) -> 
 
 def device_vs_cpu(preset: str, device: torch.device, length: int) -> list[dict]:
     """Loss and gradients of a 3-segment rollout (memory carried, a reset, padding) on the device vs the CPU, fp32;
-    then the device in bf16 vs fp32."""
+    then the device in bf16 vs fp32. TF32 is off for it (and put back after: the throughput runs measure the
+    training path's own settings)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        return _device_vs_cpu(preset, device, length)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _device_vs_cpu(preset: str, device: torch.device, length: int) -> list[dict]:
     torch.manual_seed(0)
     cpu_model = MemBartForConditionalGeneration(load_preset(preset, dropout=0.0)).train()
     batches = segments(3, lanes=2, length=length, vocab=cpu_model.config.vocab_size)

@@ -139,7 +139,8 @@ def _probe_rollout(run: Run, lanes: int, plan) -> int | None:
 
 def measure(plan, cfg, runtime, preset: str, count_syncs: bool = False) -> dict:
     """`plan.warmup_steps` steps (the compile happens there), then `plan.timed_steps` timed ones: tokens/s and
-    MFU (medians of the steps' records: the engine's own figures), peak memory, the loader's share of the time.
+    MFU (medians of the steps' records: the engine's own figures), peak memory, the loader's share of the time
+    (blocked on it) and of the host (its thread's CPU time, most of it under the GIL).
     Only the fused SDPA backends are allowed: a fall back to the math kernel fails the run instead of slowing it."""
     run, result = Run(cfg, runtime, preset), {}
     try:
@@ -171,6 +172,7 @@ def _timed_steps(plan, run: Run, count_syncs: bool) -> dict:
         "mfu": _median_or_none([r["mfu"] for r in records]),
         "step_time_s": statistics.median(r["step_time_s"] for r in records),
         "data_wait_share": statistics.mean(r["data_wait_share"] for r in records),
+        "loader_cpu_share": statistics.mean(r["loader_cpu_share"] for r in records),
         "peak_memory_gib": peak,
         "loss": records[-1]["loss"],
         "warmup_s": warmup_s,

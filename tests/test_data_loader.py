@@ -196,8 +196,10 @@ def test_batch_contract(shard_dir: Path) -> None:
         "epoch",
         "source",
         "bad_documents",
+        "loader_cpu_s",
     }
     assert batch["bad_documents"] == []  # damaged documents met (tests/test_reliability.py)
+    assert 0.0 < batch["loader_cpu_s"] < 60.0  # its thread's CPU seconds for this batch (reads, assembly)
     assert batch["input_ids"].dtype == torch.long and batch["input_ids"].shape[0] == 4
     assert batch["input_ids"].shape[1] <= SEGMENT_LENGTH + 2
     assert batch["attention_mask"].dtype == torch.bool and batch["attention_mask"].shape == batch["input_ids"].shape

@@ -1,5 +1,5 @@
 """The training path made for GPUs, tested on the CPU: `model.compile` gives the eager losses (ZeRO-2, BPTT and
-memory replay), a step reads nothing back from the device in our code, `data_wait_share` and
+memory replay), a step reads nothing back from the device in our code, `data_wait_share`, `loader_cpu_share` and
 `logging.profile_steps` in a real run, and `make gpu-check`'s dry run.
 
 Compiling runs Inductor (C++ on the CPU, gcc): ~20-45 s cold on 2 cores, seconds once its cache (under /tmp) is
@@ -62,6 +62,8 @@ def test_compile_profile_and_data_wait_in_a_real_run(tiny_shards, tmp_path):
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert all(0.0 <= r["data_wait_share"] < 1.0 for r in steps), steps
+    # the loader's thread did work for every step's batches (reads, noise): measured, so above 0
+    assert all(r["loader_cpu_share"] > 0.0 for r in steps), steps
     assert all("stop_agreed" not in r for r in steps)
     trace = run_dir / "profile" / "rank-00000-steps-2-3.json"
     events = {event.get("name") for event in json.loads(trace.read_text())["traceEvents"]}
@@ -81,6 +83,7 @@ def test_gpu_check_dry_run_runs_the_whole_check_on_the_cpu(tmp_path):
     assert runs == {(False, False), (True, False), (False, True), (True, True)}
     for r in results["throughput"]:
         assert r["tokens_per_s"] > 0 and 0.0 <= r["data_wait_share"] < 1.0 and r["lanes"] == 2
+        assert r["loader_cpu_share"] > 0.0
     assert (REPO / "BENCHMARKS.md").read_text() == benchmarks  # only a GPU run rewrites it
     # What a GPU run puts in BENCHMARKS.md, made by the same code: between the markers, on a copy, all else kept.
     section = (tmp_path / "benchmarks-section.md").read_text().strip()
@@ -91,3 +94,19 @@ def test_gpu_check_dry_run_runs_the_whole_check_on_the_cpu(tmp_path):
     gpu_check.rewrite_benchmarks(section, copy)
     head, tail = benchmarks.split(gpu_check.START)[0], benchmarks.split(gpu_check.END)[1]
     assert copy.read_text() == head + section + tail
+
+
+def test_mfu_peak_is_found_by_the_device_name_cuda_reports():
+    from memformers.training.distributed import peak_tflops_of
+
+    names = {
+        "NVIDIA H100 80GB HBM3": 989.0,  # SXM
+        "NVIDIA H100 PCIe": 756.0,
+        "NVIDIA H100 NVL": 835.0,
+        "NVIDIA H200": 989.0,
+        "NVIDIA A100-SXM4-80GB": 312.0,
+        "NVIDIA L40S": 362.0,  # not the L4's peak: "L4" is in its name too
+        "NVIDIA L4": 121.0,
+        "NVIDIA GeForce RTX 4090": None,  # not listed: no MFU (logging.peak_tflops gives one)
+    }
+    assert {name: peak_tflops_of(name) for name in names} == names

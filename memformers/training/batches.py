@@ -16,12 +16,14 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 class SegmentFeed:
     """The training loop's side of the loader: the next batches on the device, each first given to `prepare` (on
-    the host: e.g. attaching parked memories), and `waited`, the seconds spent blocked on the loader so far (what
-    `data_wait_share` reports: whether the loader keeps up with the device)."""
+    the host: e.g. attaching parked memories); `waited`, the seconds spent blocked on the loader so far (what
+    `data_wait_share` reports: whether the loader keeps up with the device), and `loader_cpu`, the CPU seconds
+    the loader spent making the batches taken so far (what `loader_cpu_share` reports: how much of the host the
+    loader's thread takes, holding the GIL for most of it, beside the loop that launches the device's work)."""
 
     def __init__(self, batches: Iterator[dict], device: torch.device, prepare: Callable[[dict], None] | None = None):
         self.batches, self.device, self.prepare = batches, device, prepare
-        self.waited = 0.0
+        self.waited = self.loader_cpu = 0.0
 
     def take(self, count: int) -> list[dict] | None:
         """The next `count` batches on the device, or None when the data is exhausted (train.epochs reached)."""
@@ -32,6 +34,7 @@ class SegmentFeed:
             self.waited += time.perf_counter() - started
             if batch is None:
                 return None
+            self.loader_cpu += batch["loader_cpu_s"]
             if self.prepare is not None:
                 self.prepare(batch)
             out.append(to_device(batch, self.device))

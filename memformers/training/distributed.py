@@ -219,12 +219,19 @@ def profiler_activities(device: torch.device) -> list:
     return activities
 
 
-# Dense bf16 peak per device, for the MFU estimate (from the vendors' data sheets, dense, no sparsity).
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "V100": 125.0}
+# Dense bf16 peak per device, for the MFU estimate (from the vendors' data sheets, dense, no sparsity). The first
+# key found in the device's name counts: the PCIe and NVL cards, with lower clocks and power, before the SXM ones.
+PEAK_TFLOPS = {
+    "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200 NVL": 835.0, "H100": 989.0, "H200": 989.0, "B200": 2250.0,
+    "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0, "V100": 125.0,
+}  # fmt: skip
 
 
 def peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tf for key, tf in PEAK_TFLOPS.items() if key in name), None)
+    """The dense bf16 peak of `device` (None for the CPU and for a GPU not in PEAK_TFLOPS: no MFU then)."""
+    return peak_tflops_of(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
+def peak_tflops_of(device_name: str) -> float | None:
+    """The dense bf16 peak of the GPU called `device_name` (as CUDA names it, e.g. "NVIDIA H100 80GB HBM3")."""
+    return next((tf for key, tf in PEAK_TFLOPS.items() if key in device_name), None)

@@ -53,7 +53,7 @@ class StepProfiler:
         stem = self.dir / f"rank-{self.runtime.rank:05d}-steps-{first}-{last}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.profiler.export_chrome_trace(str(stem.with_suffix(".json")))
-        sort = "self_cuda_time_total" if self.runtime.device.type == "cuda" else "self_cpu_time_total"
+        sort = "self_device_time_total" if self.runtime.device.type == "cuda" else "self_cpu_time_total"
         stem.with_suffix(".txt").write_text(self.profiler.key_averages().table(sort_by=sort, row_limit=40) + "\n")
         self.logger.write(f"profile of steps {first}-{last}: {stem}.json (and .txt, the top ops)")
         self.profiler = None

@@ -76,6 +76,7 @@ def train_step(
     The record: step, loss (per target token, all ranks), lr (the one this step applied), tokens (so far, all
     ranks), tokens_per_s, grad_norm (None exactly when the update was skipped: a non-finite loss or gradient), mfu
     (None without a peak), step_time_s, data_wait_share (the share of the step's time spent blocked on the loader),
+    loader_cpu_share (the CPU time the loader spent on the step's batches, in its thread, / the step's time),
     skipped_steps (so far), restored_documents (documents continued from a parked memory so far, after an elastic
     resume on fewer lanes), tokens_by_source (so far, all ranks, by corpus name), skipped_documents (damaged
     documents skipped so far, all ranks; `state.bad_documents` says which), loss_spike (the update was skipped as a
@@ -86,7 +87,8 @@ def train_step(
     step, besides DeepSpeed's own in `engine.step()`; the loss-spike check adds one per rollout): every sum of the
     record rides one all-reduce and one copy. Collective: every rank calls it.
     """
-    started, waited, lr = time.perf_counter(), feed.waited, engine.get_lr()[0]  # the lr this step applies
+    started, lr = time.perf_counter(), engine.get_lr()[0]  # the lr this step applies
+    waited, loader_cpu = feed.waited, feed.loader_cpu
     # summed over ranks, on the device: loss, target tokens, restored documents, stop requests, damaged documents
     # met, tokens by source
     sums = torch.zeros(_BY_SOURCE + len(spec.sources), dtype=torch.float64, device=spec.device)
@@ -134,6 +136,7 @@ def train_step(
         "mfu": tokens_per_s * spec.flops_per_token / (spec.world_size * peak * 1e12) if peak else None,
         "step_time_s": elapsed,
         "data_wait_share": (feed.waited - waited) / elapsed,
+        "loader_cpu_share": (feed.loader_cpu - loader_cpu) / elapsed,
         "skipped_steps": engine.skipped_steps,
         "restored_documents": state.restored,
         "tokens_by_source": dict(state.tokens_by_source),

@@ -16,6 +16,9 @@ Contract (NOTES.md). Each batch is a dict:
     source         LongTensor [lanes]     the corpus of each lane's document (0 for one corpus), -1 for padding
     bad_documents  list[dict]             damaged documents met in this batch (usually none): {"document", "epoch",
                                           "source", "key" (None if unreadable), "description"}; see below
+    loader_cpu_s   float                  CPU seconds the loader's thread spent making this batch (schedule, reads,
+                                          assembly, `transform`, pinning): held against the step time, how much of
+                                          the host (and of the GIL) the loader takes beside the training loop
 
 Which segment each lane emits when is the schedule of schedule.py, over *global* lanes (rank × lanes + lane): per
 epoch the split's documents are visited in a keyed order from (seed, epoch) and dealt to whichever global lane is
@@ -54,6 +57,7 @@ import hashlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -294,6 +298,7 @@ class SegmentStreamLoader:
         """(batch, a snapshot of the position after it) from `state` on (advanced in place)."""
         held: dict[int, tuple[int, Sample]] = {}  # lane -> (document, its sample)
         mine = slice(self._first_lane, self._first_lane + self.lanes)
+        started = time.thread_time()  # this thread's CPU time: not the time it waits on a full queue
         while (self._passes is None or state.epoch < self._passes) and not stop.is_set():
             slots = self._schedule.next_batch(state)
             if slots is None:
@@ -304,7 +309,10 @@ class SegmentStreamLoader:
                 out = self.transform(out)
             if self.pin_memory:
                 out = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
-            yield out, state.copy()
+            snapshot = state.copy()
+            out["loader_cpu_s"] = time.thread_time() - started
+            yield out, snapshot
+            started = time.thread_time()
 
     def _assemble(self, slots: list[Slot | None], held: dict[int, tuple[int, Sample]], epoch: int) -> dict[str, Any]:
         lanes = self.lanes
