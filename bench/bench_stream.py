@@ -1,4 +1,4 @@
-"""Stream scheduling at internet scale: epoch planning and resume per rank, by corpus size (issue: elastic resume).
+"""Stream scheduling at internet scale: epoch planning, resume and each batch per rank, by corpus and cluster size.
 
     python bench/bench_stream.py [--quick]
 
@@ -15,6 +15,10 @@ fresh process, as rank 0 of 64 ranks × 8 lanes:
 
 Side by side, the version-1 scheduler this replaced (a sort of the whole epoch, then every rank's lane assignment
 on every rank) at 1M and 10M documents. Target: plan + resume at 100M documents <= 10 s and <= 1 GB per rank.
+
+Per batch (10M documents): the loader thread's schedule work on one rank of 16 lanes, for 512 and 16,384 global
+lanes (32 and 1,024 ranks), mid-epoch. Every rank advances every global lane, so this is work that grows with the
+cluster: target <= 2 ms per batch at 16,384 global lanes, and less than linear growth (<= 8x for 32x the lanes).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from bench.common import Result  # noqa: E402
 
 COMMAND = "python bench/bench_stream.py"
 RANKS, LANES = 64, 8
+BATCH_LANES, SMALL_CLUSTER, LARGE_CLUSTER = 16, 512, 16384  # a rank's lanes; global lanes of 32 and 1024 ranks
 
 
 def _anon_mb() -> float:
@@ -105,6 +110,26 @@ def measure_v1(path: Path) -> dict:
     return {"documents": int(counts.size), "plan_s": time.perf_counter() - started, "memory_mb": _anon_mb() - before}
 
 
+def measure_batches(path: Path, global_lanes: int, batches: int = 400) -> dict:
+    """What the loader's thread does per batch on a rank of `global_lanes` (ranks of BATCH_LANES lanes), in the
+    middle of an epoch: advance the global schedule, take this rank's slots, snapshot the state. Seconds per batch."""
+    import numpy as np
+
+    from memformers.data import Schedule
+
+    counts = np.load(path, mmap_mode="r")
+    schedule = Schedule(counts, seed=1234)
+    state = schedule.fresh(global_lanes)
+    mine = range(0, BATCH_LANES)
+    for _ in range(64):  # every lane mid-document, as after the first few batches of a run
+        schedule.next_batch(state, mine)
+    started = time.perf_counter()
+    for _ in range(batches):
+        schedule.next_batch(state, mine)
+        state.copy()
+    return {"global_lanes": global_lanes, "batch_s": (time.perf_counter() - started) / batches}
+
+
 def _in_subprocess(function: str, path: Path) -> dict:
     code = (
         f"import json, pathlib, bench.bench_stream as b; print(json.dumps(b.{function}(pathlib.Path({str(path)!r}))))"
@@ -127,6 +152,9 @@ def run(quick: bool = False) -> list[Result]:
     top = rows[-1]
     seconds = top["plan_s"] + top["resume_s"]
     detail = {"by_size": rows, "version_1": old, "ranks": RANKS, "lanes": LANES}
+    counts_10m = work / "counts-10000000.npy"
+    small, large = (measure_batches(counts_10m, lanes) for lanes in (SMALL_CLUSTER, LARGE_CLUSTER))
+    per_batch = {"documents": 10_000_000, "rank_lanes": BATCH_LANES, "small": small, "large": large}
     return [
         Result(
             f"stream plan + resume, {top['documents'] // 1_000_000}M documents, one rank of {RANKS}x{LANES}",
@@ -144,6 +172,24 @@ def run(quick: bool = False) -> list[Result]:
             "<= 1024 MB",
             top["memory_mb"] <= 1024,
             detail,
+            COMMAND,
+        ),
+        Result(
+            f"stream schedule per batch, one rank of {LARGE_CLUSTER:,} global lanes",
+            round(large["batch_s"] * 1e3, 3),
+            "ms",
+            "<= 2 ms",
+            large["batch_s"] <= 2e-3,
+            per_batch,
+            COMMAND,
+        ),
+        Result(
+            f"stream schedule per batch, {LARGE_CLUSTER:,} / {SMALL_CLUSTER} global lanes",
+            round(large["batch_s"] / small["batch_s"], 1),
+            "ratio",
+            f"<= 8 (work per lane in Python: {LARGE_CLUSTER // SMALL_CLUSTER})",
+            large["batch_s"] / small["batch_s"] <= 8,
+            per_batch,
             COMMAND,
         ),
         Result(

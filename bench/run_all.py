@@ -24,7 +24,7 @@ MODULES = {
     "model": ("bench.bench_model", "MemBART vs BART (issue: model overhead)"),
     "engine": ("bench.bench_engine", "Training engine: step efficiency, memory replay"),
     "data": ("bench.bench_data", "Data pipeline: sharding and loader throughput"),
-    "stream": ("bench.bench_stream", "Stream scheduling at scale: epoch planning and resume per rank"),
+    "stream": ("bench.bench_stream", "Stream scheduling at scale: epoch planning, resume and each batch, per rank"),
 }
 
 

@@ -3,6 +3,7 @@ shape (elastic), the version-1 carry-over."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import threading
 from collections import defaultdict
@@ -16,6 +17,7 @@ from data_fixtures import SEGMENT_LENGTH
 from memformers.data import (
     DataError,
     EpochOrder,
+    MixtureSchedule,
     Schedule,
     SegmentStreamLoader,
     SplitReader,
@@ -112,6 +114,43 @@ def test_epoch_order_is_a_keyed_permutation() -> None:
     # pinned: the order must not change across library versions (resume across upgrades)
     assert order(8, 0, 0) == [6, 2, 7, 0, 1, 3, 5, 4]
     assert order(8, 12345, 3) == [5, 3, 6, 7, 2, 4, 1, 0]
+    # the array form the schedule deals with is the same order
+    for n in (1, 3, 64, 65, 1000):
+        epoch_order = EpochOrder(n, 7, 2)
+        assert epoch_order.take(0, n).tolist() == order(n, 7, 2)
+        assert epoch_order.take(n // 3, n - n // 3).tolist() == order(n, 7, 2)[n // 3 :]
+
+
+def _slot_stream(schedule, lanes: int | None = None) -> tuple[list, dict]:
+    """Every batch's slots of a schedule over 6 global lanes, re-spread to 4 before batch 5 and to 9 before batch 9;
+    `lanes`: only the slots of global lanes [1, 1 + lanes) of each batch's shape. And the final state."""
+    state, batches = schedule.fresh(6), []
+    while True:
+        if len(batches) in (5, 9):
+            state = StreamState.from_dict(state.as_dict()).resize(4 if len(batches) == 5 else 9)
+        slots = schedule.next_batch(state, None if lanes is None else range(1, 1 + lanes))
+        if slots is None:
+            return batches, state.as_dict()
+        batches.append([None if s is None else (s.doc, s.segment, s.restored, s.epoch) for s in slots])
+
+
+def test_schedule_is_pinned_across_versions_and_a_rank_takes_its_own_lanes() -> None:
+    """The slots a schedule deals (one corpus and a mixture, through two resizes) must not change across library
+    versions: a run resumed after an upgrade continues where it was. The digest is the per-lane loop's of the
+    schedule before it was vectorised; a rank asking for its own lanes gets those lanes' slots of the whole batch."""
+    counts = np.random.default_rng(7).integers(1, 9, size=50)
+    schedules = [
+        Schedule(counts, 11),
+        MixtureSchedule([counts[:30], counts[30:]], [counts[:30] * 50, counts[30:] * 50], [2.0, 1.0], 11, 2),
+    ]
+    digest = hashlib.sha256()
+    for schedule, length in zip(schedules, (32, 57)):
+        whole, end = _slot_stream(schedule)
+        assert len(whole) == length
+        digest.update("".join(repr(slots) for slots in whole).encode())
+        mine, mine_end = _slot_stream(schedule, lanes=2)
+        assert mine == [slots[1:3] for slots in whole] and mine_end == end
+    assert digest.hexdigest()[:16] == "a46df89cc405b515"
 
 
 def test_version_1_position_continues_without_loss() -> None:

@@ -297,14 +297,14 @@ class SegmentStreamLoader:
     def _produce(self, state: StreamState, stop: threading.Event) -> Iterator[tuple[dict[str, Any], StreamState]]:
         """(batch, a snapshot of the position after it) from `state` on (advanced in place)."""
         held: dict[int, tuple[int, Sample]] = {}  # lane -> (document, its sample)
-        mine = slice(self._first_lane, self._first_lane + self.lanes)
+        mine = range(self._first_lane, self._first_lane + self.lanes)
         started = time.thread_time()  # this thread's CPU time: not the time it waits on a full queue
         while (self._passes is None or state.epoch < self._passes) and not stop.is_set():
-            slots = self._schedule.next_batch(state)
+            slots = self._schedule.next_batch(state, mine)
             if slots is None:
                 state.next_epoch()
                 continue
-            out = self._assemble(slots[mine], held, state.epoch)
+            out = self._assemble(slots, held, state.epoch)
             if self.transform is not None:
                 out = self.transform(out)
             if self.pin_memory:

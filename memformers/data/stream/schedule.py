@@ -29,7 +29,9 @@ numbers, independent of D. `StreamState.resize(G')` maps it to another global la
 their documents; documents of the lanes beyond go to the end of the waiting queue, in lane order; new lanes start
 free. With G' = G the continuation is exact.
 
-Cost per batch: O(G) Python (a few microseconds per lane) on every rank, in the loader's prefetch thread.
+Cost per batch, on every rank, in the loader's prefetch thread: a few array operations over the G lanes, Python
+for each document dealt (a G-th of a document's segment count, vectorised for one corpus) and for each of the
+rank's own lanes (`next_batch(state, lanes)`): under 1 ms at G = 16,384 (bench/bench_stream.py).
 """
 
 from __future__ import annotations
@@ -51,6 +53,17 @@ def _mix64(x: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return x ^ (x >> 31)
+
+
+_U64 = np.uint64
+
+
+def _mix64_array(x: np.ndarray) -> np.ndarray:
+    """`_mix64` of every element of a uint64 array (numpy's uint64 arithmetic wraps as the masks do)."""
+    x = x + _U64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return x ^ (x >> _U64(31))
 
 
 class EpochOrder:
@@ -84,6 +97,24 @@ class EpochOrder:
             x = self._permute(x)
         return x
 
+    def take(self, start: int, count: int) -> np.ndarray:
+        """`[self[p] for p in range(start, start + count)]` as an int64 array, computed on arrays."""
+        if not 0 <= start <= start + count <= self.n:
+            raise IndexError(f"positions [{start}, {start + count}) outside [0, {self.n})")
+        x = self._permute_array(np.arange(start, start + count, dtype=np.uint64))
+        walking = np.flatnonzero(x >= _U64(self.n))
+        while walking.size:  # cycle walking, for the few that left [0, n)
+            x[walking] = self._permute_array(x[walking])
+            walking = walking[x[walking] >= _U64(self.n)]
+        return x.astype(np.int64)
+
+    def _permute_array(self, x: np.ndarray) -> np.ndarray:
+        half, mask = _U64(self.half), _U64(self._mask)
+        left, right = x >> half, x & mask
+        for key in self._keys:
+            left, right = right, left ^ (_mix64_array(_U64(key) ^ right) & mask)
+        return (left << half) | right
+
     def __len__(self) -> int:
         return self.n
 
@@ -93,36 +124,48 @@ def source_seed(seed: int, source: int) -> int:
     return _mix64((seed & _MASK64) ^ _mix64(source + 1))
 
 
-@dataclass
+def _lane_array(values: Sequence[int] | np.ndarray | None = None, *, lanes: int = 0, fill: int = 0) -> np.ndarray:
+    """A per-lane int64 array: of `values`, or `lanes` times `fill`."""
+    if values is None:
+        return np.full(lanes, fill, dtype=np.int64)
+    return np.array(values, dtype=np.int64).reshape(-1)
+
+
+@dataclass(eq=False)
 class StreamState:
     """The position in the stream, over global lanes (see the module docstring). JSON-able via `as_dict`.
 
     `lane_doc[g]` is the document global lane g holds (FREE if none, or if its last segment has been emitted),
     `lane_epoch[g]` the epoch it was dealt in and `lane_start[g]` the batch of its segment 0 (for a document
     resumed from the waiting queue, the batch it would have started at), so at batch b the lane emits segment
-    b - lane_start[g]. `waiting` holds (document, next segment, epoch), first in first out; the first
-    `waiting_taken` of them have been taken. `sources` (a mixture only) holds per corpus [epoch, position in that
-    epoch's order, training tokens dealt]; one corpus uses `epoch` and `position`.
+    b - lane_start[g]: int64 arrays of G, so that a batch is a few array operations, not a loop over the lanes.
+    `waiting` holds (document, next segment, epoch), first in first out; the first `waiting_taken` of them have
+    been taken. `sources` (a mixture only) holds per corpus [epoch, position in that epoch's order, training tokens
+    dealt]; one corpus uses `epoch` and `position`. Two states are equal when `as_dict` is.
     """
 
     epoch: int = 0
     batch: int = 0
     position: int = 0
-    lane_doc: list[int] = field(default_factory=list)
-    lane_start: list[int] = field(default_factory=list)
-    lane_epoch: list[int] = field(default_factory=list)
+    lane_doc: np.ndarray = field(default_factory=_lane_array)
+    lane_start: np.ndarray = field(default_factory=_lane_array)
+    lane_epoch: np.ndarray = field(default_factory=_lane_array)
     waiting: list[tuple[int, int, int]] = field(default_factory=list)
     waiting_taken: int = 0
     sources: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lane_doc, self.lane_start, self.lane_epoch = map(_lane_array, (self.lane_doc, self.lane_start,
+                                                                            self.lane_epoch))  # fmt: skip
 
     @classmethod
     def fresh(cls, lanes: int, epoch: int = 0, sources: int = 0) -> StreamState:
         """The start of epoch `epoch` over `lanes` global lanes (`sources`: corpora of a mixture, 0 for one)."""
         return cls(
             epoch=epoch,
-            lane_doc=[FREE] * lanes,
-            lane_start=[0] * lanes,
-            lane_epoch=[epoch] * lanes,
+            lane_doc=_lane_array(lanes=lanes, fill=FREE),
+            lane_start=_lane_array(lanes=lanes),
+            lane_epoch=_lane_array(lanes=lanes, fill=epoch),
             sources=[[0, 0, 0] for _ in range(sources)],
         )
 
@@ -141,9 +184,9 @@ class StreamState:
             self.epoch,
             self.batch,
             self.position,
-            list(self.lane_doc),
-            list(self.lane_start),
-            list(self.lane_epoch),
+            self.lane_doc.copy(),
+            self.lane_start.copy(),
+            self.lane_epoch.copy(),
             self.waiting,
             self.waiting_taken,
             [list(cursor) for cursor in self.sources],
@@ -158,21 +201,22 @@ class StreamState:
     def held_beyond(self, lanes: int) -> list[tuple[int, int, int]]:
         """(global lane, document, epoch) of the lanes from `lanes` on that hold a document: what `resize(lanes)`
         makes wait."""
-        return [(g, doc, self.lane_epoch[g]) for g, doc in enumerate(self.lane_doc) if g >= lanes and doc != FREE]
+        held = (lanes + np.flatnonzero(self.lane_doc[lanes:] != FREE)).tolist()
+        return [(g, int(self.lane_doc[g]), int(self.lane_epoch[g])) for g in held]
 
     def resize(self, lanes: int) -> StreamState:
         """This state over `lanes` global lanes: nothing lost, nothing repeated (module docstring)."""
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
-        keep = min(lanes, self.lanes)
-        displaced = [(doc, self.batch - self.lane_start[g], epoch) for g, doc, epoch in self.held_beyond(keep)]
+        keep, added = min(lanes, self.lanes), max(0, lanes - self.lanes)
+        displaced = [(doc, self.batch - int(self.lane_start[g]), epoch) for g, doc, epoch in self.held_beyond(keep)]
         return StreamState(
             epoch=self.epoch,
             batch=self.batch,
             position=self.position,
-            lane_doc=self.lane_doc[:keep] + [FREE] * (lanes - keep),
-            lane_start=self.lane_start[:keep] + [0] * (lanes - keep),
-            lane_epoch=self.lane_epoch[:keep] + [self.epoch] * (lanes - keep),
+            lane_doc=np.concat([self.lane_doc[:keep], _lane_array(lanes=added, fill=FREE)]),
+            lane_start=np.concat([self.lane_start[:keep], _lane_array(lanes=added)]),
+            lane_epoch=np.concat([self.lane_epoch[:keep], _lane_array(lanes=added, fill=self.epoch)]),
             waiting=[*self.waiting[self.waiting_taken :], *displaced],
             sources=[list(cursor) for cursor in self.sources],
         )
@@ -182,12 +226,15 @@ class StreamState:
             "epoch": self.epoch,
             "batch": self.batch,
             "position": self.position,
-            "lane_doc": list(self.lane_doc),
-            "lane_start": list(self.lane_start),
-            "lane_epoch": list(self.lane_epoch),
+            "lane_doc": self.lane_doc.tolist(),
+            "lane_start": self.lane_start.tolist(),
+            "lane_epoch": self.lane_epoch.tolist(),
             "waiting": [list(w) for w in self.waiting[self.waiting_taken :]],
             "sources": [list(cursor) for cursor in self.sources],
         }
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StreamState) and self.as_dict() == other.as_dict()
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StreamState:
@@ -224,7 +271,7 @@ class Schedule:
     e.g. a memory-mapped view of the index's `num_segments`); one object per loader, shared by nothing."""
 
     def __init__(self, segment_counts: Sequence[int] | np.ndarray, seed: int) -> None:
-        self.counts = segment_counts
+        self.counts = segment_counts if isinstance(segment_counts, np.ndarray) else np.asarray(segment_counts)
         self.num_docs = len(segment_counts)
         if self.num_docs < 1:
             raise ValueError("the split has no documents")
@@ -249,51 +296,64 @@ class Schedule:
         """Segments of document `doc`."""
         return int(self.counts[doc])
 
-    def next_batch(self, state: StreamState) -> list[Slot | None] | None:
-        """The slots of every global lane at the state's batch, advancing `state` past it; None (and `state`
-        unchanged) when the state's epoch has ended: continue with `state.next_epoch()`."""
-        slots = self._deal(state)
-        if all(slot is None for slot in slots):  # nothing held, nothing to take: nothing was changed either
+    def segment_counts(self, docs: np.ndarray) -> np.ndarray:
+        """Segments of each of `docs` (documents of the schedule, an int64 array)."""
+        return self.counts[docs].astype(np.int64)
+
+    def next_batch(self, state: StreamState, lanes: range | None = None) -> list[Slot | None] | None:
+        """The slots of global lanes `lanes` (None: all of them) at the state's batch, advancing `state` (every
+        lane's) past it; None (and `state` unchanged) when the state's epoch has ended: continue with
+        `state.next_epoch()`."""
+        restored = self._deal(state)
+        held = np.flatnonzero(state.lane_doc != FREE)
+        if held.size == 0:  # nothing held, nothing to take: nothing was changed either
             return None
+        docs = state.lane_doc[held]
+        segment = state.batch - state.lane_start[held]
+        wanted = range(state.lanes) if lanes is None else lanes
+        slots: list[Slot | None] = [None] * len(wanted)
+        mine = held[(held >= wanted.start) & (held < wanted.stop)]
+        at = np.searchsorted(held, mine)
+        for g, doc, k, was_restored, epoch in zip(
+            mine.tolist(), docs[at].tolist(), segment[at].tolist(), restored[mine].tolist(),
+            state.lane_epoch[mine].tolist(),
+        ):  # fmt: skip
+            slots[g - wanted.start] = Slot(doc, k, was_restored, epoch)
+        state.lane_doc[held[segment + 1 >= self.segment_counts(docs)]] = FREE  # their last segment: free next batch
         state.batch += 1
         return slots
 
     def new_document(self, state: StreamState) -> tuple[int, int] | None:
         """(document, epoch) a free lane starts next, advancing `state`; None when there is none."""
-        if state.position >= self.num_docs:
-            return None
-        doc = self.order(state.epoch)[state.position]
-        state.position += 1
-        return doc, state.epoch
+        docs, epochs = self.new_documents(state, 1)
+        return (int(docs[0]), int(epochs[0])) if docs.size else None
 
-    def _deal(self, state: StreamState) -> list[Slot | None]:
-        batch, lane_doc, lane_start, lane_epoch, waiting = (
-            state.batch,
-            state.lane_doc,
-            state.lane_start,
-            state.lane_epoch,
-            state.waiting,
-        )
-        slots: list[Slot | None] = []
-        for g in range(len(lane_doc)):
-            doc, restored = lane_doc[g], False
-            if doc == FREE:
-                if state.waiting_taken < len(waiting):
-                    doc, segment, epoch = waiting[state.waiting_taken]
-                    state.waiting_taken += 1
-                    lane_start[g], restored = batch - segment, segment > 0
-                else:
-                    new = self.new_document(state)
-                    if new is None:
-                        slots.append(None)
-                        continue
-                    (doc, epoch), lane_start[g] = new, batch
-                lane_doc[g], lane_epoch[g] = doc, epoch
-            segment = batch - lane_start[g]
-            slots.append(Slot(doc, segment, restored, lane_epoch[g]))
-            if segment + 1 >= self.segments(doc):  # its last segment: the lane is free for the next batch
-                lane_doc[g] = FREE
-        return slots
+    def new_documents(self, state: StreamState, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(documents, their epochs) that the next `count` free lanes start, in lane order, advancing `state`:
+        fewer where the epoch's order runs out (the lanes left over are padding)."""
+        count = min(count, self.num_docs - state.position)
+        if count <= 0:
+            return _lane_array(), _lane_array()
+        docs = self.order(state.epoch).take(state.position, count)
+        state.position += count
+        return docs, _lane_array(lanes=count, fill=state.epoch)
+
+    def _deal(self, state: StreamState) -> np.ndarray:
+        """Give every free lane, in lane order, its next document: first the waiting ones, then new ones. Returns
+        which lanes continue a document from the waiting queue (`Slot.restored`)."""
+        restored = np.zeros(state.lanes, dtype=bool)
+        free = np.flatnonzero(state.lane_doc == FREE)
+        waiting = state.waiting[state.waiting_taken : state.waiting_taken + free.size]  # rare: after a resize
+        for g, (doc, segment, epoch) in zip(free.tolist(), waiting):
+            state.lane_doc[g], state.lane_start[g], state.lane_epoch[g] = doc, state.batch - segment, epoch
+            restored[g] = segment > 0
+        state.waiting_taken += len(waiting)
+        free = free[len(waiting) :]
+        if free.size:
+            docs, epochs = self.new_documents(state, free.size)
+            dealt = free[: docs.size]
+            state.lane_doc[dealt], state.lane_start[dealt], state.lane_epoch[dealt] = docs, state.batch, epochs
+        return restored
 
 
 class MixtureSchedule(Schedule):
@@ -321,7 +381,8 @@ class MixtureSchedule(Schedule):
             raise ValueError("every corpus of a mixture needs at least one document")
         if any(not w > 0 for w in weights):
             raise ValueError(f"mixture weights must be > 0, got {list(weights)}")
-        self.parts, self.tokens, self.seed, self.epochs = list(segment_counts), list(token_counts), seed, epochs
+        self.parts = [counts if isinstance(counts, np.ndarray) else np.asarray(counts) for counts in segment_counts]
+        self.tokens, self.seed, self.epochs = list(token_counts), seed, epochs
         total = float(sum(weights))
         self.weights = [float(w) / total for w in weights]
         self.offsets = np.cumsum([0] + [len(counts) for counts in segment_counts])
@@ -343,6 +404,14 @@ class MixtureSchedule(Schedule):
         source, local = self.source_of(doc)
         return int(self.parts[source][local])
 
+    def segment_counts(self, docs: np.ndarray) -> np.ndarray:
+        sources = np.searchsorted(self.offsets, docs, side="right") - 1
+        counts = np.empty(docs.size, dtype=np.int64)
+        for source, part in enumerate(self.parts):
+            of_source = sources == source
+            counts[of_source] = part[docs[of_source] - self.offsets[source]]
+        return counts
+
     def source_order(self, source: int, epoch: int) -> EpochOrder:
         cached = self._orders.get(source)
         if cached is None or cached[0] != epoch:
@@ -351,6 +420,14 @@ class MixtureSchedule(Schedule):
                 EpochOrder(len(self.parts[source]), source_seed(self.seed, source), epoch),
             )
         return cached[1]
+
+    def new_documents(self, state: StreamState, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """One by one: each corpus's share of the tokens so far decides where the next document comes from."""
+        dealt = []
+        while len(dealt) < count and (new := self.new_document(state)) is not None:
+            dealt.append(new)
+        docs, epochs = zip(*dealt) if dealt else ((), ())
+        return _lane_array(docs), _lane_array(epochs)
 
     def new_document(self, state: StreamState) -> tuple[int, int] | None:
         cursors = state.sources
