@@ -25,6 +25,17 @@ class SegmentFeed:
         self.batches, self.device, self.prepare = batches, device, prepare
         self.waited = self.loader_cpu = 0.0
 
+    def mark(self) -> tuple[float, float]:
+        """Where `waited` and `loader_cpu` stand now (for `shares_since`)."""
+        return self.waited, self.loader_cpu
+
+    def shares_since(self, mark: tuple[float, float], elapsed: float) -> dict[str, float]:
+        """`data_wait_share` and `loader_cpu_share` of the `elapsed` seconds since `mark`."""
+        return {
+            "data_wait_share": (self.waited - mark[0]) / elapsed,
+            "loader_cpu_share": (self.loader_cpu - mark[1]) / elapsed,
+        }
+
     def take(self, count: int) -> list[dict] | None:
         """The next `count` batches on the device, or None when the data is exhausted (train.epochs reached)."""
         out = []

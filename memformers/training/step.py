@@ -87,10 +87,8 @@ def train_step(
     step, besides DeepSpeed's own in `engine.step()`; the loss-spike check adds one per rollout): every sum of the
     record rides one all-reduce and one copy. Collective: every rank calls it.
     """
-    started, lr = time.perf_counter(), engine.get_lr()[0]  # the lr this step applies
-    waited, loader_cpu = feed.waited, feed.loader_cpu
-    # summed over ranks, on the device: loss, target tokens, restored documents, stop requests, damaged documents
-    # met, tokens by source
+    started, loader_mark, lr = time.perf_counter(), feed.mark(), engine.get_lr()[0]  # the lr this step applies
+    # summed over ranks on the device: loss, target tokens, restored and damaged documents, stops, tokens by source
     sums = torch.zeros(_BY_SOURCE + len(spec.sources), dtype=torch.float64, device=spec.device)
     damaged: list[dict] = []  # damaged documents this rank's lanes met (the loader skipped them)
     spiked = False
@@ -135,8 +133,7 @@ def train_step(
         "grad_norm": grad_norm if applied else None,
         "mfu": tokens_per_s * spec.flops_per_token / (spec.world_size * peak * 1e12) if peak else None,
         "step_time_s": elapsed,
-        "data_wait_share": (feed.waited - waited) / elapsed,
-        "loader_cpu_share": (feed.loader_cpu - loader_cpu) / elapsed,
+        **feed.shares_since(loader_mark, elapsed),  # data_wait_share, loader_cpu_share
         "skipped_steps": engine.skipped_steps,
         "restored_documents": state.restored,
         "tokens_by_source": dict(state.tokens_by_source),
