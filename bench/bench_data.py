@@ -17,7 +17,13 @@
    membart-base consumes at issue 19's goal, 35% MFU of one H100 (989 dense bf16 TFLOP/s, the engine's
    `flops_per_token`; computed, not measured on a GPU). Target: >= 2, so that one loader thread per GPU keeps up
    and holds Python's lock a small share of the time. The goal for membart-large (45%) asks 0.44x base's tokens.
-4. Sharding memory (not with --quick): peak RSS of the main process and of the largest of 2 workers, each run
+4. Loader beside a launch-bound loop: seconds per batch of a loop that, like an eager training loop on a fast
+   GPU, only launches work (tiny torch ops, each letting go of Python's lock and taking it again; 15 ms of them
+   per batch) and takes the next batch of 3.'s loader, with the producer in a thread, in a process
+   (`producer="process"`, what `data.producer: auto` picks on a GPU), or from batches made beforehand. A
+   thread's work holds the lock the loop needs. Target: the process costs the loop at most a third of what the
+   thread costs it (the process's batches still cross a pipe and a receiving thread).
+5. Sharding memory (not with --quick): peak RSS of the main process and of the largest of 2 workers, each run
    in a fresh process, on the benchmark corpus, on one 5 MB document, and on a 1 GB JSON lines file (the
    corpus repeated). A worker holds one unit of work (--block-bytes, at most 64 MiB of input) at a time, so its
    peak does not grow with the input.
@@ -28,6 +34,7 @@ The corpus is the synthetic one (memformers.recall.corpus) with a 2,000-piece BP
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -324,6 +331,68 @@ def bench_loader_for_gpu(root: Path, corpus: Path, tokenizer_dir: Path, batches:
     )]  # fmt: skip
 
 
+LAUNCH_S = 0.015  # host time a launch-bound training loop spends per batch (~membart-base's GPU time per batch)
+
+
+def _launches(count: int, x) -> None:
+    import torch
+
+    for _ in range(count):  # a tiny op: each, like a kernel launch, lets go of the GIL and takes it again
+        torch.add(x, 1.0, out=x)
+
+
+def bench_loader_beside_a_launch_loop(shards: Path, batches: int, repeats: int) -> list[Result]:
+    """Seconds per batch of a launch-bound loop (tiny torch ops, LAUNCH_S per batch, then the next batch) fed by
+    the training path's loader with its producer in a thread, in a process, or from batches made beforehand."""
+    import torch
+
+    from memformers.noising import BartDenoiser, DenoisingConfig
+
+    torch.set_num_threads(1)
+    denoiser = BartDenoiser.for_tokenizer(DenoisingConfig(), load_tokenizer(shards), seed=0)
+    x = torch.zeros(16)
+    started = time.perf_counter()
+    _launches(5000, x)
+    count = int(LAUNCH_S / ((time.perf_counter() - started) / 5000))
+
+    def loop(take) -> float:
+        started = time.perf_counter()
+        for _ in range(batches):
+            take()
+            _launches(count, x)
+        return (time.perf_counter() - started) / batches
+
+    def loader(producer: str):
+        settings = dict(lanes=GPU_LANES, segment_length=GPU_SEGMENT_LENGTH, seed=0, epochs=None, prefetch=4)
+        return iter(SegmentStreamLoader(shards, "train", transform=denoiser.collate, producer=producer, **settings))
+
+    made = loader("thread")
+    ready = [next(made) for _ in range(64)]
+    made.close()
+    times: dict[str, list[float]] = {"alone": [], "thread": [], "process": []}
+    for _ in range(repeats):  # interleaved: drift hits the three alike
+        cycle = itertools.cycle(ready)
+        times["alone"].append(loop(lambda: next(cycle)))
+        for producer in ("thread", "process"):
+            batches_of = loader(producer)
+            for _ in range(8):  # started, prefetch queue full
+                next(batches_of)
+            times[producer].append(loop(lambda: next(batches_of)))
+            batches_of.close()
+    per_batch = {name: statistics.median(ts) for name, ts in times.items()}
+    detail = {"seconds_per_batch": per_batch, "ops_per_batch": count, "lanes": GPU_LANES,
+              "segment_length": GPU_SEGMENT_LENGTH, "batches": batches, "repeats": repeats}  # fmt: skip
+    thread, process = (per_batch[name] / per_batch["alone"] for name in ("thread", "process"))
+    target = 1 + (thread - 1) / 3
+    return [
+        Result("launch-bound loop time per batch, loader producer in a thread / batches made beforehand",
+               round(thread, 3), "ratio", "", None, detail, COMMAND),
+        Result("launch-bound loop time per batch, loader producer in a process / batches made beforehand",
+               round(process, 3), "ratio", f"<= {target:.3f} (a third of the thread's cost)", process <= target,
+               detail, COMMAND),
+    ]  # fmt: skip
+
+
 def run(quick: bool = False) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         root = Path(tmp)
@@ -331,6 +400,7 @@ def run(quick: bool = False) -> list[Result]:
         results, shards = bench_sharding(root, corpus, tokenizer_dir, texts, repeats=1 if quick else 6)
         results += bench_loader(shards, batches=2000 if quick else 10000, steps=10 if quick else 30)
         results += bench_loader_for_gpu(root, corpus, tokenizer_dir, batches=300 if quick else 2000)
+        results += bench_loader_beside_a_launch_loop(root / "shards-512", 100 if quick else 300, 1 if quick else 3)
         if not quick:
             results += bench_memory(root, corpus, tokenizer_dir, texts)
     return results

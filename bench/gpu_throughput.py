@@ -1,6 +1,7 @@
 """The throughput half of `make gpu-check` (bench/gpu_check.py): the real training path (config, corpus, loader with
-its noiser in the background thread, `build_model`, `build_engine` with DeepSpeed ZeRO-2, `train_step`) timed on a
-corpus of long documents, for a model, BPTT or memory replay, eager or `model.compile`.
+its noiser in a producer process, as `data.producer: auto` has it on a GPU, `build_model`, `build_engine` with
+DeepSpeed ZeRO-2, `train_step`) timed on a corpus of long documents, for a model, BPTT or memory replay, eager or
+`model.compile`.
 
 Lanes are sized by a probe: one rollout of full-length segments with 1 lane, then 2 lanes, through a real engine
 (after a step that allocated the optimizer states); the difference of the two peaks is one lane's memory, the rest
@@ -54,7 +55,7 @@ def run_config(plan, shards: Path, run_dir: Path, preset: str, lanes: int, *, re
     """The pretraining config of one measured run: the plan's DeepSpeed JSON (ZeRO-2; bf16 on a GPU), T segments
     per rollout, one rollout per optimizer step (the lanes fill the memory; no accumulation needed)."""
     overrides = [
-        f"run_dir={run_dir}", f"data.path={shards}", f"data.lanes={lanes}", "data.prefetch=8",
+        f"run_dir={run_dir}", f"data.path={shards}", f"data.lanes={lanes}", "data.prefetch=8", "data.producer=process",
         f"model.preset={preset}", f"model.compile={compiled}", f"deepspeed={plan.deepspeed}",
         f"train.time_horizon={plan.time_horizon}", "train.rollouts_per_step=1", f"train.memory_replay={replay}",
         "train.warmup_steps=100", "logging.wandb=disabled", "logging.progress_bar=false",

@@ -94,10 +94,11 @@ class Ranks:
                 )
             )
 
-    def signal(self, sig: int) -> None:
+    def signal(self, sig: int, group: bool = False) -> None:
+        """`sig` to each rank still running; `group`: to every process of its group, as Slurm signals a step."""
         for proc in self.procs:
             if proc.poll() is None:
-                os.kill(proc.pid, sig)
+                (os.killpg if group else os.kill)(proc.pid, sig)
 
     def kill(self) -> None:
         for proc in self.procs:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -394,6 +399,68 @@ def test_transform_runs_in_the_prefetch_thread(shard_dir: Path) -> None:
         list(SegmentStreamLoader(shard_dir, "val", lanes=2, segment_length=SEGMENT_LENGTH, transform=failing))
 
 
+def _noise_stand_in(batch: dict) -> dict:
+    """A transform a producer process can unpickle (a module's function): what the noiser does, in small."""
+    return batch | {"labels": batch["input_ids"].masked_fill(~batch["attention_mask"], -100)}
+
+
+def _failing_transform(batch: dict) -> dict:
+    raise DataError("noiser broke in the producer")
+
+
+def test_a_producer_process_makes_the_same_batches_and_positions_as_the_thread(shard_dir: Path) -> None:
+    settings = dict(rank=1, world_size=2, lanes=3, segment_length=SEGMENT_LENGTH, seed=9, epochs=2, prefetch=3,
+                    transform=_noise_stand_in)  # fmt: skip
+    full = list(SegmentStreamLoader(shard_dir, "train", **settings))
+    assert all(torch.equal(b["labels"], _noise_stand_in(b)["labels"]) for b in full)
+    for cut in (0, 7, len(full) // 2 + 3):
+        loader = SegmentStreamLoader(shard_dir, "train", **settings, producer="process")
+        head = list(itertools.islice(loader, cut))
+        assert loader.producer_pid is None  # the loop left early: its process was stopped
+        resumed = SegmentStreamLoader(shard_dir, "train", **settings, producer="process")
+        resumed.load_state_dict(loader.state_dict())
+        assert _same(head + list(resumed), full), cut
+        assert all(b["loader_cpu_s"] > 0.0 for b in head)  # measured in the producer process
+    with pytest.raises(DataError, match="noiser broke in the producer"):  # its errors reach the loop, type kept
+        list(SegmentStreamLoader(shard_dir, "val", lanes=2, segment_length=SEGMENT_LENGTH, producer="process",
+                                 transform=_failing_transform))  # fmt: skip
+
+
+def test_a_producer_process_ignores_the_schedulers_signals_and_its_death_is_an_error(shard_dir: Path) -> None:
+    """Slurm signals the whole process group: the trainer checkpoints on SIGTERM / SIGUSR1, so the producer must
+    keep going; a producer killed (e.g. by the OOM killer) stops the loop with an error naming it."""
+    loader = SegmentStreamLoader(shard_dir, "train", lanes=2, segment_length=SEGMENT_LENGTH, epochs=None, prefetch=2,
+                                 producer="process")  # fmt: skip
+    batches = iter(loader)
+    next(batches)
+    pid = loader.producer_pid
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        os.kill(pid, signum)
+    time.sleep(0.5)
+    for _ in range(20):  # more than the prefetched ones: made after the signals
+        next(batches)
+    assert loader.producer_pid == pid
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(DataError, match=rf"producer process \(pid {pid}\) exited with code -9"):
+        for _ in range(100):
+            next(batches)
+
+
+def test_a_process_that_exits_mid_iteration_does_not_wait_for_its_producer(shard_dir: Path) -> None:
+    """multiprocessing's exit hook sends SIGTERM to daemon children and waits for them; a producer ignores SIGTERM,
+    so the loader kills its producers at exit first (a trainer leaving on an error would otherwise hang)."""
+    script = (
+        "import sys\nfrom memformers.data import SegmentStreamLoader\n"
+        "if __name__ == '__main__':\n"
+        f"    batches = iter(SegmentStreamLoader({str(shard_dir)!r}, 'train', lanes=2, segment_length={SEGMENT_LENGTH},"
+        " epochs=None, producer='process'))\n"
+        "    next(batches)\n    sys.exit(3)\n"
+    )
+    path = shard_dir.parent / "exits_mid_iteration.py"
+    path.write_text(script)
+    assert subprocess.run([sys.executable, str(path)], timeout=120).returncode == 3
+
+
 def test_segment_length_mismatch_and_bad_arguments(shard_dir: Path) -> None:
     with pytest.raises(
         DataError,
@@ -404,5 +471,7 @@ def test_segment_length_mismatch_and_bad_arguments(shard_dir: Path) -> None:
         SegmentStreamLoader(shard_dir, "test", lanes=2, segment_length=SEGMENT_LENGTH)
     with pytest.raises(ValueError, match="rank"):
         SegmentStreamLoader(shard_dir, "train", rank=2, world_size=2, lanes=2, segment_length=SEGMENT_LENGTH)
+    with pytest.raises(ValueError, match=r"producer must be one of \('thread', 'process'\), got 'fork'"):
+        SegmentStreamLoader(shard_dir, "train", lanes=2, segment_length=SEGMENT_LENGTH, producer="fork")
     with pytest.raises(DataError, match="no manifest.json"):
         SegmentStreamLoader(shard_dir / "train", "train", lanes=2, segment_length=SEGMENT_LENGTH)

@@ -160,15 +160,17 @@ def test_a_killed_checkpoint_writer_leaves_the_previous_checkpoint_loadable(tiny
 
 @pytest.mark.distributed
 def test_sigusr1_checkpoints_and_exits_75_then_resumes(tiny_shards, tmp_path, uninterrupted):
-    run_dir = tmp_path / "run"
-    ranks = Ranks(TRAIN, tiny_run_args(run_dir, tiny_shards, *RESUME_ARGS))
+    """With the loader's producer in a process (what a GPU run has), signalled as Slurm signals a step: every
+    process of each rank's group, the producer too. Its batches are the thread's: the losses are the same."""
+    run_dir, args = tmp_path / "run", (*RESUME_ARGS, "data.producer=process")
+    ranks = Ranks(TRAIN, tiny_run_args(run_dir, tiny_shards, *args))
     wait_for_step(run_dir, 2, ranks)
-    ranks.signal(signal.SIGUSR1)
+    ranks.signal(signal.SIGUSR1, group=True)
     assert ranks.wait() == [75, 75], ranks.output()[-4000:]
     stopped_at = losses(run_dir)[-1][0]
     assert 2 <= stopped_at < 10
     assert (run_dir / "checkpoints" / "latest").read_text() == f"step-{stopped_at:08d}"
-    resumed = Ranks(TRAIN, tiny_run_args(run_dir, tiny_shards, *RESUME_ARGS))
+    resumed = Ranks(TRAIN, tiny_run_args(run_dir, tiny_shards, *args))
     assert resumed.wait() == [0, 0], resumed.output()[-4000:]
     assert losses(run_dir) == uninterrupted
 

@@ -70,6 +70,10 @@ class DataSection:
     """Document streams per rank: the micro batch. Each lane carries its own memory."""
     prefetch: int = 8
     """Batches prepared ahead in the loader's background thread."""
+    producer: Literal["auto", "thread", "process"] = "auto"
+    """Where the training stream's batches are made (read, assembled, noised): in a thread of the trainer, or in a
+    process of its own, so that the loader's Python does not take the GIL from the loop that launches the GPU's
+    kernels. auto: a process on a GPU, a thread on the CPU. Evaluation streams always use a thread."""
     max_bad_documents: int = 10
     """Documents that fail their checksum (a damaged shard) are skipped, logged and counted; one more than this
     many stops the run (0: the first one does)."""

@@ -66,13 +66,14 @@ class Corpus:
     def stream(self, split: str, epochs: int | None) -> SegmentStreamLoader:
         """This rank's noised segment batches of `split` of every source (mixed by weight), `epochs` passes
         (None: endless; a mixture ends when its first source would start pass epochs + 1)."""
-        return self._loader([s.path for s in self.sources], split, epochs)
+        producer = self.runtime.loader_producer if self.data.producer == "auto" else self.data.producer
+        return self._loader([s.path for s in self.sources], split, epochs, producer)
 
     def val_stream(self, source: int = 0) -> SegmentStreamLoader:
-        """One fresh pass over source `source`'s val split."""
-        return self._loader([self.sources[source].path], "val", 1)
+        """One fresh pass over source `source`'s val split (made in a thread: short, and started often)."""
+        return self._loader([self.sources[source].path], "val", 1, "thread")
 
-    def _loader(self, paths: list[str], split: str, epochs: int | None) -> SegmentStreamLoader:
+    def _loader(self, paths: list[str], split: str, epochs: int | None, producer: str) -> SegmentStreamLoader:
         mixed = len(paths) > 1
         return SegmentStreamLoader(
             paths if mixed else paths[0],
@@ -88,4 +89,5 @@ class Corpus:
             transform=self.denoiser.collate,
             prefetch=self.data.prefetch,
             pin_memory=self.runtime.pin_memory,
+            producer=producer,
         )

@@ -46,6 +46,13 @@ class Runtime:
         (`non_blocking=True` queues it), from pageable memory the host waits for it."""
         return self.device.type == "cuda"
 
+    @property
+    def loader_producer(self) -> str:
+        """Where the training stream makes its batches under `data.producer: auto`: a process on a GPU, where the
+        loop that launches kernels needs the GIL the loader's Python would hold (NOTES.md: a thread's work on a
+        batch stalled a launch-bound loop for about as long); a thread on the CPU, with nothing to launch."""
+        return "process" if self.device.type == "cuda" else "thread"
+
 
 def _env_int(*names: str, default: int) -> int:
     for name in names:

@@ -39,8 +39,12 @@ each. A version-1 state (per-rank schedules) is carried over by `legacy.state_fr
 
 Reading (one seek and read per document, CRC-checked), batch assembly and `transform` run in a
 prefetch thread, `prefetch` batches ahead (0: in the calling thread), so the training loop does not
-wait on I/O. With `pin_memory` the thread also pins every tensor of a batch (page-locked host memory, which
-an accelerator copies from asynchronously); only a process with an accelerator may ask for it. Iterating
+wait on I/O. With `producer="process"` they run in a process of their own (spawned; it makes the same batches
+with the same code and sends them as arrays), and the prefetch thread only receives them: the loader's Python
+then no longer takes the GIL from a training loop that launches GPU kernels (a thread's work on a batch stalls
+such a loop for about as long as the work takes). With `pin_memory` the thread also pins every tensor of a
+batch (page-locked host memory, which an accelerator copies from asynchronously); only a process with an
+accelerator may ask for it. Iterating
 continues from the current position (a loop left early resumes where it stopped); once an iteration has
 run to the end of the last epoch, the next one is a new pass from the start, so a loader with `epochs=1`
 can be iterated once per evaluation. With `epochs=None` it cycles epochs forever. Shards found missing or of the
@@ -53,11 +57,16 @@ documents.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import multiprocessing
 import os
+import pickle
 import queue
+import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,6 +86,7 @@ STATE_VERSION = 3  # 3: lanes and waiting documents carry their epoch; mixtures
 READABLE_STATES = (1, 2, STATE_VERSION)
 _FIXED = ("seed", "split", "segment_length", "corpus_sha256", "sources", "weights")  # what a resumed state must share
 _END = object()
+PRODUCERS = ("thread", "process")  # where a loader makes its batches (the module docstring)
 
 
 class SegmentStreamLoader:
@@ -98,6 +108,7 @@ class SegmentStreamLoader:
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         prefetch: int = 4,
         pin_memory: bool = False,
+        producer: str = "thread",
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
@@ -107,6 +118,8 @@ class SegmentStreamLoader:
             raise ValueError(f"epochs must be >= 0 or None, got {epochs}")
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        if producer not in PRODUCERS:
+            raise ValueError(f"producer must be one of {PRODUCERS}, got {producer!r}")
         dirs = [Path(shard_dir)] if isinstance(shard_dir, (str, os.PathLike)) else [Path(d) for d in shard_dir]
         self.names = list(names) if names is not None else [d.name for d in dirs]
         self.weights = [float(w) for w in weights] if weights is not None else [1.0] * len(dirs)
@@ -121,7 +134,12 @@ class SegmentStreamLoader:
         self.split = split
         self.rank, self.world_size, self.lanes = rank, world_size, lanes
         self.segment_length, self.seed, self.epochs = segment_length, seed, epochs
-        self.transform, self.prefetch, self.pin_memory = transform, prefetch, pin_memory
+        self.transform, self.prefetch, self.pin_memory, self.producer = transform, prefetch, pin_memory, producer
+        # what a producer process needs to make this loader again (everything but the open files)
+        self._arguments = dict(shard_dir=[str(d) for d in dirs], split=split, weights=self.weights, names=self.names,
+                               rank=rank, world_size=world_size, lanes=lanes, segment_length=segment_length,
+                               seed=seed, epochs=epochs, transform=transform)  # fmt: skip
+        self.producer_pid: int | None = None  # the producer process of the iteration going on (producer="process")
         ids = self.manifest["tokenizer"]["special_ids"]
         self.bos_id, self.eos_id, self.pad_id = ids["bos"], ids["eos"], ids["pad"]
         # the indexes are mapped (shared through the page cache); the shard sizes checked
@@ -252,8 +270,9 @@ class SegmentStreamLoader:
                 return
             items: queue.Queue = queue.Queue(maxsize=self.prefetch)
             stop = threading.Event()
+            target = self._run if self.producer == "thread" else self._relay
             thread = threading.Thread(
-                target=self._run, args=(self._state.copy(), items, stop), daemon=True, name="segment-prefetch"
+                target=target, args=(self._state.copy(), items, stop), daemon=True, name="segment-prefetch"
             )
             thread.start()
             try:
@@ -293,6 +312,50 @@ class SegmentStreamLoader:
             _put(items, _END, stop)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             _put(items, exc, stop)
+
+    def _relay(self, state: StreamState, items: queue.Queue, stop: threading.Event) -> None:
+        """Prefetch thread of `producer="process"`: a process makes the batches from `state` on
+        (`_produce_in_process`); this thread turns their arrays into tensors, pins them, and hands them on as `_run`
+        does. The process is killed when the iteration stops; if it dies, the iteration raises DataError."""
+        context = multiprocessing.get_context("spawn")  # not fork: the trainer's process has threads (and CUDA)
+        channel = context.Queue(maxsize=max(1, self.prefetch))
+        process = context.Process(target=_produce_in_process, args=(self._arguments, state, channel), daemon=True,
+                                  name="segment-producer")  # fmt: skip
+        process.start()
+        _track_producer(process)
+        self.producer_pid = process.pid
+        try:
+            while not stop.is_set():
+                try:
+                    kind, payload = channel.get(timeout=0.2)
+                except queue.Empty:
+                    if not process.is_alive():
+                        raise DataError(
+                            f"the loader's producer process (pid {process.pid}) exited with code {process.exitcode} "
+                            "while making batches (killed? out of memory?); the run resumes from its latest "
+                            "checkpoint when restarted"
+                        ) from None
+                    continue
+                if kind == "error":
+                    raise payload
+                if kind == "end":
+                    _put(items, _END, stop)
+                    return
+                batch, snapshot = payload
+                batch = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+                if self.pin_memory:
+                    batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                if not _put(items, (batch, snapshot), stop):
+                    return
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            _put(items, exc, stop)
+        finally:
+            process.kill()
+            process.join()
+            _PRODUCERS.discard(process)
+            channel.cancel_join_thread()
+            channel.close()
+            self.producer_pid = None
 
     def _produce(self, state: StreamState, stop: threading.Event) -> Iterator[tuple[dict[str, Any], StreamState]]:
         """(batch, a snapshot of the position after it) from `state` on (advanced in place)."""
@@ -383,6 +446,66 @@ class SegmentStreamLoader:
         source, local = self._schedule.source_of(doc)
         sample = self._readers[source].read(local)
         return sample, source, f"{self.names[source]}/{sample.key}"
+
+
+_PRODUCERS: set[Any] = set()  # the producer processes running in this process
+_exit_hook_registered = False
+
+
+def _track_producer(process: Any) -> None:
+    """Kill `process` at exit if it still runs: a producer ignores SIGTERM, which multiprocessing's own exit hook
+    sends its daemon children before it waits for them (it would wait forever). Registered once a process has
+    started, so after multiprocessing's hook: atexit runs the last registered first."""
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_kill_producers)
+        _exit_hook_registered = True
+    _PRODUCERS.add(process)
+
+
+def _kill_producers() -> None:
+    for process in list(_PRODUCERS):
+        process.kill()
+
+
+def _produce_in_process(arguments: dict[str, Any], state: StreamState, channel: Any) -> None:
+    """The producer process of `producer="process"`: the loader made again from `arguments`, its batches from
+    `state` on sent through `channel` as ("batch", (arrays, position after it)), then ("end", None), or
+    ("error", exception). It ends with its parent: the trainer decides when it stops, so it ignores the signals
+    a scheduler sends to the whole process group (SIGTERM, SIGUSR1, SIGINT: the trainer checkpoints on them)."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+    torch.set_num_threads(1)  # small operations: a thread of its own is enough, and the node's cores are the GPUs'
+    parent = multiprocessing.parent_process()
+
+    def send(message: tuple[str, Any]) -> bool:
+        while parent is None or parent.is_alive():
+            try:
+                channel.put(message, timeout=1.0)
+                return True
+            except queue.Full:
+                continue
+        channel.cancel_join_thread()  # nobody reads it any more: exit without flushing
+        return False
+
+    try:
+        loader = SegmentStreamLoader(**arguments, prefetch=0)
+        for batch, snapshot in loader._produce(state, threading.Event()):
+            arrays = {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            if not send(("batch", (arrays, snapshot))):
+                return
+        send(("end", None))
+    except BaseException as exc:
+        send(("error", _sendable(exc)))
+
+
+def _sendable(exc: BaseException) -> BaseException:
+    """`exc` if it pickles (DataError and the like do), else a RuntimeError with its type, message and traceback."""
+    try:
+        pickle.dumps(exc)
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}")
 
 
 def _put(items: queue.Queue, item: Any, stop: threading.Event) -> bool:
