@@ -56,6 +56,7 @@ def _mix64(x: int) -> int:
 
 
 _U64 = np.uint64
+_ARRAY_FROM = 16  # documents dealt at once from which the order is computed on arrays (bench/bench_stream.py)
 
 
 def _mix64_array(x: np.ndarray) -> np.ndarray:
@@ -98,9 +99,12 @@ class EpochOrder:
         return x
 
     def take(self, start: int, count: int) -> np.ndarray:
-        """`[self[p] for p in range(start, start + count)]` as an int64 array, computed on arrays."""
+        """`[self[p] for p in range(start, start + count)]` as an int64 array, computed on arrays (one by one for
+        a few: an array operation costs about what the whole network costs on one Python int)."""
         if not 0 <= start <= start + count <= self.n:
             raise IndexError(f"positions [{start}, {start + count}) outside [0, {self.n})")
+        if count < _ARRAY_FROM:
+            return np.fromiter(map(self.__getitem__, range(start, start + count)), dtype=np.int64, count=count)
         x = self._permute_array(np.arange(start, start + count, dtype=np.uint64))
         walking = np.flatnonzero(x >= _U64(self.n))
         while walking.size:  # cycle walking, for the few that left [0, n)
@@ -128,7 +132,7 @@ def _lane_array(values: Sequence[int] | np.ndarray | None = None, *, lanes: int 
     """A per-lane int64 array: of `values`, or `lanes` times `fill`."""
     if values is None:
         return np.full(lanes, fill, dtype=np.int64)
-    return np.array(values, dtype=np.int64).reshape(-1)
+    return np.asarray(values, dtype=np.int64).reshape(-1)  # no copy of an int64 array: the callers pass new ones
 
 
 @dataclass(eq=False)
@@ -271,7 +275,7 @@ class Schedule:
     e.g. a memory-mapped view of the index's `num_segments`); one object per loader, shared by nothing."""
 
     def __init__(self, segment_counts: Sequence[int] | np.ndarray, seed: int) -> None:
-        self.counts = segment_counts if isinstance(segment_counts, np.ndarray) else np.asarray(segment_counts)
+        self.counts = np.asarray(segment_counts)  # a memory-mapped index stays mapped: a plain view of it
         self.num_docs = len(segment_counts)
         if self.num_docs < 1:
             raise ValueError("the split has no documents")
@@ -381,7 +385,7 @@ class MixtureSchedule(Schedule):
             raise ValueError("every corpus of a mixture needs at least one document")
         if any(not w > 0 for w in weights):
             raise ValueError(f"mixture weights must be > 0, got {list(weights)}")
-        self.parts = [counts if isinstance(counts, np.ndarray) else np.asarray(counts) for counts in segment_counts]
+        self.parts = [np.asarray(counts) for counts in segment_counts]
         self.tokens, self.seed, self.epochs = list(token_counts), seed, epochs
         total = float(sum(weights))
         self.weights = [float(w) / total for w in weights]
