@@ -8,7 +8,7 @@
 2. Throughput (bench/gpu_throughput.py): the training path with DeepSpeed ZeRO-2 in bf16 on one GPU, 512-token
    segments, membart-base and membart-large, BPTT and memory replay, eager and `model.compile`: tokens/s, MFU (the
    engine's formula: training.engine.flops_per_token), peak memory, the share of the step spent waiting for the
-   loader and the loader thread's CPU time per step time (GIL it takes from the loop that launches kernels), and
+   loader and the loader's CPU time per step time (its producer runs in a process, as on a GPU by default), and
    the host synchronisations of a step; lanes sized by a memory probe.
 3. Writes DIR/results.json (default runs/gpu-check) and prints a table; on a GPU it also rewrites the GPU section
    of BENCHMARKS.md (the dry run writes that section to DIR/benchmarks-section.md instead).

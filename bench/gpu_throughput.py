@@ -141,7 +141,7 @@ def _probe_rollout(run: Run, lanes: int, plan) -> int | None:
 def measure(plan, cfg, runtime, preset: str, count_syncs: bool = False) -> dict:
     """`plan.warmup_steps` steps (the compile happens there), then `plan.timed_steps` timed ones: tokens/s and
     MFU (medians of the steps' records: the engine's own figures), peak memory, the loader's share of the time
-    (blocked on it) and of the host (its thread's CPU time, most of it under the GIL).
+    (blocked on it) and of the host (its producer's CPU time).
     Only the fused SDPA backends are allowed: a fall back to the math kernel fails the run instead of slowing it."""
     run, result = Run(cfg, runtime, preset), {}
     try:

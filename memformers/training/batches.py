@@ -18,8 +18,8 @@ class SegmentFeed:
     """The training loop's side of the loader: the next batches on the device, each first given to `prepare` (on
     the host: e.g. attaching parked memories); `waited`, the seconds spent blocked on the loader so far (what
     `data_wait_share` reports: whether the loader keeps up with the device), and `loader_cpu`, the CPU seconds
-    the loader spent making the batches taken so far (what `loader_cpu_share` reports: how much of the host the
-    loader's thread takes, holding the GIL for most of it, beside the loop that launches the device's work)."""
+    the loader's producer spent making the batches taken so far (what `loader_cpu_share` reports: how much of
+    the host the loader takes beside the loop that launches the device's work; in a thread, mostly under the GIL)."""
 
     def __init__(self, batches: Iterator[dict], device: torch.device, prepare: Callable[[dict], None] | None = None):
         self.batches, self.device, self.prepare = batches, device, prepare

@@ -76,7 +76,7 @@ def train_step(
     The record: step, loss (per target token, all ranks), lr (the one this step applied), tokens (so far, all
     ranks), tokens_per_s, grad_norm (None exactly when the update was skipped: a non-finite loss or gradient), mfu
     (None without a peak), step_time_s, data_wait_share (the share of the step's time spent blocked on the loader),
-    loader_cpu_share (the CPU time the loader spent on the step's batches, in its thread, / the step's time),
+    loader_cpu_share (the CPU time the loader's producer spent on the step's batches / the step's time),
     skipped_steps (so far), restored_documents (documents continued from a parked memory so far, after an elastic
     resume on fewer lanes), tokens_by_source (so far, all ranks, by corpus name), skipped_documents (damaged
     documents skipped so far, all ranks; `state.bad_documents` says which), loss_spike (the update was skipped as a

@@ -16,9 +16,10 @@ Contract (NOTES.md). Each batch is a dict:
     source         LongTensor [lanes]     the corpus of each lane's document (0 for one corpus), -1 for padding
     bad_documents  list[dict]             damaged documents met in this batch (usually none): {"document", "epoch",
                                           "source", "key" (None if unreadable), "description"}; see below
-    loader_cpu_s   float                  CPU seconds the loader's thread spent making this batch (schedule, reads,
-                                          assembly, `transform`, pinning): held against the step time, how much of
-                                          the host (and of the GIL) the loader takes beside the training loop
+    loader_cpu_s   float                  CPU seconds the producer spent making this batch (schedule, reads,
+                                          assembly, `transform`; pinning too in a thread): held against the step
+                                          time, how much of the host the loader takes beside the training loop (in
+                                          a thread, mostly under the GIL the loop needs; in a process, not)
 
 Which segment each lane emits when is the schedule of schedule.py, over *global* lanes (rank × lanes + lane): per
 epoch the split's documents are visited in a keyed order from (seed, epoch) and dealt to whichever global lane is
@@ -344,7 +345,7 @@ class SegmentStreamLoader:
                 batch, snapshot = payload
                 batch = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
                 if self.pin_memory:
-                    batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                    batch = _pinned(batch)
                 if not _put(items, (batch, snapshot), stop):
                     return
         except BaseException as exc:  # handed to the consumer, which re-raises it
@@ -371,7 +372,7 @@ class SegmentStreamLoader:
             if self.transform is not None:
                 out = self.transform(out)
             if self.pin_memory:
-                out = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+                out = _pinned(out)
             snapshot = state.copy()
             out["loader_cpu_s"] = time.thread_time() - started
             yield out, snapshot
@@ -446,6 +447,11 @@ class SegmentStreamLoader:
         source, local = self._schedule.source_of(doc)
         sample = self._readers[source].read(local)
         return sample, source, f"{self.names[source]}/{sample.key}"
+
+
+def _pinned(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with every tensor in page-locked host memory (an accelerator copies from it asynchronously)."""
+    return {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 _PRODUCERS: set[Any] = set()  # the producer processes running in this process

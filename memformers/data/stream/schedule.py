@@ -296,10 +296,6 @@ class Schedule:
             self._order, self._order_epoch = EpochOrder(self.num_docs, self.seed, epoch), epoch
         return self._order
 
-    def segments(self, doc: int) -> int:
-        """Segments of document `doc`."""
-        return int(self.counts[doc])
-
     def segment_counts(self, docs: np.ndarray) -> np.ndarray:
         """Segments of each of `docs` (documents of the schedule, an int64 array)."""
         return self.counts[docs].astype(np.int64)
@@ -326,11 +322,6 @@ class Schedule:
         state.lane_doc[held[segment + 1 >= self.segment_counts(docs)]] = FREE  # their last segment: free next batch
         state.batch += 1
         return slots
-
-    def new_document(self, state: StreamState) -> tuple[int, int] | None:
-        """(document, epoch) a free lane starts next, advancing `state`; None when there is none."""
-        docs, epochs = self.new_documents(state, 1)
-        return (int(docs[0]), int(epochs[0])) if docs.size else None
 
     def new_documents(self, state: StreamState, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(documents, their epochs) that the next `count` free lanes start, in lane order, advancing `state`:
@@ -404,10 +395,6 @@ class MixtureSchedule(Schedule):
         source = int(np.searchsorted(self.offsets, doc, side="right")) - 1
         return source, doc - int(self.offsets[source])
 
-    def segments(self, doc: int) -> int:
-        source, local = self.source_of(doc)
-        return int(self.parts[source][local])
-
     def segment_counts(self, docs: np.ndarray) -> np.ndarray:
         sources = np.searchsorted(self.offsets, docs, side="right") - 1
         counts = np.empty(docs.size, dtype=np.int64)
@@ -434,6 +421,7 @@ class MixtureSchedule(Schedule):
         return _lane_array(docs), _lane_array(epochs)
 
     def new_document(self, state: StreamState) -> tuple[int, int] | None:
+        """(document, epoch) the next free lane starts, advancing `state`; None when the stream has ended."""
         cursors = state.sources
         source = min(range(len(cursors)), key=lambda s: (cursors[s][2] / self.weights[s], s))
         cursor = cursors[source]  # [epoch, position, tokens]
